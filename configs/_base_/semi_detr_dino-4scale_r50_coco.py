@@ -1,0 +1,165 @@
+# Semi-DETR (CVPR 2023) on COCO-Partial, mmdet 3.3 edition.
+# Every value is traceable to ../shared/specs/sparse_semi_detr.md §1 (official code JCZ404/Semi-DETR):
+#   §1.2 detector, §1.3 wrapper/EMA, §1.4 pseudo-labels, §1.5 matching, §1.6 consistency, §1.7 pipelines,
+#   §1.8 sampler/optimiser/schedule. The DINO-R50 detector itself comes from mmdet's own config.
+_base_ = 'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py'
+
+custom_imports = dict(imports=['queryvision_mm'], allow_failed_imports=False)
+
+max_iters = 120000  # §1.8 COCO-Partial
+switch_iter = 60000  # §1.2 warm_up_step: one-to-many until 60k, then one-to-one
+val_interval = 4000  # §1.3 SubModulesDistEvalHook(interval=4000)
+batch_size = 5  # per GPU, 8 GPUs -> 40 (§1.8)
+source_ratio = [1, 4]  # labeled : unlabeled
+
+# ---------------------------------------------------------------- detector (student = teacher architecture)
+detector = _base_.model
+detector.type = 'QVSemiDINO'
+detector.dn_cfg.box_noise_scale = 0.4  # §1.2 dn_box_noise_scale (mmdet default 1.0)
+detector.bbox_head.type = 'QVSemiDETRHead'
+detector.bbox_head.sync_cls_avg_factor = False  # §1.5 official O2O focal loss is not synced across GPUs
+detector.bbox_head.loss_cls = dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=2.0)
+detector.bbox_head.l1_double_count = True  # §1.2 effective L1 weight 10 (loss_bbox_xy + loss_bbox_hw)
+detector.bbox_head.o2m_assigner = dict(type='QVO2MAssigner', topk=13, alpha=1.0, beta=6.0)  # §1.5
+detector.bbox_head.loss_cls_o2m = dict(type='QualityFocalLoss', use_sigmoid=True, beta=2.0, loss_weight=2.0)
+detector.bbox_head.nms_cfg = dict(score_thr=0.01, iou_threshold=0.6, max_per_img=300)  # §1.4 / §1.5
+
+model = dict(
+    _delete_=True,
+    type='QVSemiDETR',
+    detector=detector,
+    data_preprocessor=dict(type='MultiBranchDataPreprocessor', data_preprocessor=detector.data_preprocessor),
+    semi_train_cfg=dict(
+        freeze_teacher=True,
+        sup_weight=1.0,
+        unsup_weight=4.0,  # §1.3 Partial/VOC (Full: 2.0)
+        cls_pseudo_thr=0.4,  # §1.4 set A
+        min_pseudo_bbox_wh=(1e-2, 1e-2),
+        adaptive_pseudo_thr=True,  # §1.4 mean + std
+        use_gmm_mining=True,  # §1.4 set B (consistency only)
+        consistency_in_o2o=False,  # §1.6 loss weights zeroed after the switch
+        dn_on_pseudo_in_o2m=False),  # §1.5 pseudo DN loss zeroed in the O2M stage
+    semi_test_cfg=dict(predict_on='student', nms='auto'),  # §1.3 inference_on='student'
+    consistency_cfg=dict(  # §1.6
+        roi_extractor=dict(
+            type='SingleRoIExtractor',
+            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
+            out_channels=256,
+            featmap_strides=[8, 16, 32, 64]),
+        projector=dict(type='QVConsistencyProjector', in_channels=256, roi_size=7, hidden_dims=1024, out_dims=256),
+        num_groups=5,
+        loss_weight=10.0))
+
+# ---------------------------------------------------------------- data (§1.7)
+dataset_type = 'CocoDataset'
+data_root = 'data/coco/'
+backend_args = None
+labeled_ann = 'semi_anns/instances_train2017.1@10.json'
+unlabeled_ann = 'semi_anns/instances_train2017.1@10-unlabeled.json'
+train_img_prefix = 'train2017/'
+
+scales = [(1333, s) for s in range(480, 801, 32)]  # 11 scales, keep ratio
+branch_field = ['sup', 'unsup_teacher', 'unsup_student']
+meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip', 'flip_direction',
+             'homography_matrix')
+# Semi-DETR's OneOf of 9 colour ops; 'Identity' is ColorTransform at magnitude 1.0
+color_space = [
+    [dict(type='ColorTransform', min_mag=1.0, max_mag=1.0)],
+    [dict(type='AutoContrast')],
+    [dict(type='Equalize')],
+    [dict(type='Solarize')],
+    [dict(type='Color')],
+    [dict(type='Contrast')],
+    [dict(type='Brightness')],
+    [dict(type='Sharpness')],
+    [dict(type='Posterize')],
+]
+# translate 0.1, rotate 30 deg, and shear x AND y (30 deg) as one option
+geometric = [
+    [dict(type='TranslateX', max_mag=0.1)],
+    [dict(type='TranslateY', max_mag=0.1)],
+    [dict(type='Rotate', max_mag=30.0)],
+    [dict(type='ShearX', max_mag=30.0), dict(type='ShearY', max_mag=30.0)],
+]
+
+sup_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='RandomChoiceResize', scales=scales, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='RandAugment', aug_space=color_space, aug_num=1),
+    dict(type='FilterAnnotations', min_gt_bbox_wh=(1e-2, 1e-2)),
+    dict(type='MultiBranch', branch_field=branch_field, sup=dict(type='PackDetInputs', meta_keys=meta_keys)),
+]
+weak_pipeline = [
+    dict(type='RandomChoiceResize', scales=scales, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs', meta_keys=meta_keys),
+]
+strong_pipeline = [
+    dict(type='RandomChoiceResize', scales=scales, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='RandomOrder',
+         transforms=[
+             dict(type='RandAugment', aug_space=color_space, aug_num=1),
+             dict(type='RandAugment', aug_space=geometric, aug_num=1),
+         ]),
+    dict(type='RandomErasing', n_patches=(1, 5), ratio=(0, 0.2), squared=True),
+    dict(type='FilterAnnotations', min_gt_bbox_wh=(1e-2, 1e-2)),
+    dict(type='PackDetInputs', meta_keys=meta_keys),
+]
+unsup_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadEmptyAnnotations'),
+    dict(type='MultiBranch', branch_field=branch_field, unsup_teacher=weak_pipeline, unsup_student=strong_pipeline),
+]
+
+labeled_dataset = dict(
+    type=dataset_type,
+    data_root=data_root,
+    ann_file=labeled_ann,
+    data_prefix=dict(img=train_img_prefix),
+    filter_cfg=dict(filter_empty_gt=True, min_size=32),
+    pipeline=sup_pipeline,
+    backend_args=backend_args)
+unlabeled_dataset = dict(
+    type=dataset_type,
+    data_root=data_root,
+    ann_file=unlabeled_ann,
+    data_prefix=dict(img=train_img_prefix),
+    filter_cfg=dict(filter_empty_gt=False),
+    pipeline=unsup_pipeline,
+    backend_args=backend_args)
+
+train_dataloader = dict(
+    _delete_=True,
+    batch_size=batch_size,
+    num_workers=5,
+    persistent_workers=True,
+    sampler=dict(type='GroupMultiSourceSampler', batch_size=batch_size, source_ratio=source_ratio),
+    dataset=dict(type='ConcatDataset', datasets=[labeled_dataset, unlabeled_dataset]))
+
+# ---------------------------------------------------------------- schedule (§1.8)
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters, val_interval=val_interval)
+val_cfg = dict(_delete_=True, type='TeacherStudentValLoop')
+test_cfg = dict(_delete_=True, type='TestLoop')
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4),
+    clip_grad=dict(max_norm=0.1, norm_type=2),
+    paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.1)}))
+# Partial/VOC: mmcv's step policy at [120k, 160k] iterations never fires within 120k -> constant LR
+param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=max_iters)]
+auto_scale_lr = dict(enable=False, base_batch_size=40)
+
+custom_hooks = [
+    dict(type='QVMeanTeacherHook', momentum=0.001, interval=1, skip_buffer=True, ramp=True, warm_up=0),  # §1.3
+    dict(type='QVStageSwitchHook', switch_iter=switch_iter),
+]
+default_hooks = dict(
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=val_interval, max_keep_ckpts=3),
+    logger=dict(type='LoggerHook', interval=50))
+log_processor = dict(by_epoch=False)
+# the projector is unused after the switch (consistency off) -> DDP must tolerate unused parameters
+model_wrapper_cfg = dict(type='MMDistributedDataParallel', find_unused_parameters=True)

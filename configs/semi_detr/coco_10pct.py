@@ -1,0 +1,11 @@
+# Semi-DETR, COCO-Partial 10 % (fold 1): 8 GPUs x 5 images (1 labeled : 4 unlabeled), 120k iterations,
+# one-to-one from 60k, unsup weight 4, AdamW 1e-4 constant (spec §1.8). Reported: see README "Semi-DETR".
+# Splits: python tools/dataset_converters/split_coco.py --labeled-percent 10
+# Other folds: --cfg-options with the fold's file names, e.g. instances_train2017.2@10.json
+_base_ = '../_base_/semi_detr_dino-4scale_r50_coco.py'
+
+labeled_dataset = _base_.labeled_dataset
+labeled_dataset.ann_file = 'semi_anns/instances_train2017.1@10.json'
+unlabeled_dataset = _base_.unlabeled_dataset
+unlabeled_dataset.ann_file = 'semi_anns/instances_train2017.1@10-unlabeled.json'
+train_dataloader = dict(dataset=dict(datasets=[labeled_dataset, unlabeled_dataset]))

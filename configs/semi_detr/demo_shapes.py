@@ -1,0 +1,103 @@
+# Semi-DETR demo on the embedded synthetic shapes data (tools/misc/make_demo_data.py): the same model,
+# pipelines, hooks and losses as coco_10pct.py, shrunk to run on 2 CPU cores in minutes:
+# ResNet-18 from scratch (no download), 2 encoder + 2 decoder layers, 100 queries, ~160 px images,
+# 40 labeled / 160 unlabeled images (20 %), 1:4 batches of 5, EMA 0.99 (short run), one-to-one from iter 100.
+_base_ = '../_base_/semi_detr_dino-4scale_r50_coco.py'
+
+max_iters = 200
+switch_iter = 100
+batch_size = 5
+data_root = 'data/demo_shapes/'
+metainfo = dict(classes=('circle', 'square', 'triangle'))
+num_classes = 3
+scales = [(256, s) for s in (144, 160, 176)]
+test_scale = (256, 160)
+
+detector = _base_.detector
+detector.num_queries = 100
+detector.backbone = dict(
+    type='ResNet', depth=18, num_stages=4, out_indices=(1, 2, 3), frozen_stages=-1,
+    norm_cfg=dict(type='BN', requires_grad=True), norm_eval=False, style='pytorch', init_cfg=None)
+detector.neck.in_channels = [128, 256, 512]
+detector.encoder.num_layers = 2
+detector.decoder.num_layers = 2
+detector.bbox_head.num_classes = num_classes
+detector.dn_cfg.group_cfg = dict(dynamic=True, num_groups=None, num_dn_queries=20)
+detector.bbox_head.nms_cfg = dict(score_thr=0.01, iou_threshold=0.6, max_per_img=100)
+detector.test_cfg = dict(max_per_img=100)
+
+model = dict(detector=detector, data_preprocessor=dict(data_preprocessor=detector.data_preprocessor))
+
+branch_field = _base_.branch_field
+meta_keys = _base_.meta_keys
+sup_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='RandomChoiceResize', scales=scales, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='RandAugment', aug_space=_base_.color_space, aug_num=1),
+    dict(type='FilterAnnotations', min_gt_bbox_wh=(1e-2, 1e-2)),
+    dict(type='MultiBranch', branch_field=branch_field, sup=dict(type='PackDetInputs', meta_keys=meta_keys)),
+]
+weak_pipeline = [
+    dict(type='RandomChoiceResize', scales=scales, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs', meta_keys=meta_keys),
+]
+strong_pipeline = [
+    dict(type='RandomChoiceResize', scales=scales, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='RandomOrder',
+         transforms=[
+             dict(type='RandAugment', aug_space=_base_.color_space, aug_num=1),
+             dict(type='RandAugment', aug_space=_base_.geometric, aug_num=1),
+         ]),
+    dict(type='RandomErasing', n_patches=(1, 5), ratio=(0, 0.2), squared=True),
+    dict(type='FilterAnnotations', min_gt_bbox_wh=(1e-2, 1e-2)),
+    dict(type='PackDetInputs', meta_keys=meta_keys),
+]
+unsup_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadEmptyAnnotations'),
+    dict(type='MultiBranch', branch_field=branch_field, unsup_teacher=weak_pipeline, unsup_student=strong_pipeline),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=test_scale, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+labeled_dataset = dict(
+    type='CocoDataset', data_root=data_root, metainfo=metainfo, ann_file='annotations/instances_labeled.json',
+    data_prefix=dict(img='images/'), filter_cfg=dict(filter_empty_gt=True), pipeline=sup_pipeline)
+unlabeled_dataset = dict(
+    type='CocoDataset', data_root=data_root, metainfo=metainfo, ann_file='annotations/instances_unlabeled.json',
+    data_prefix=dict(img='images/'), filter_cfg=dict(filter_empty_gt=False), pipeline=unsup_pipeline)
+train_dataloader = dict(
+    batch_size=batch_size,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='GroupMultiSourceSampler', batch_size=batch_size, source_ratio=[1, 4]),
+    dataset=dict(type='ConcatDataset', datasets=[labeled_dataset, unlabeled_dataset]))
+val_dataloader = dict(
+    batch_size=4,
+    num_workers=2,
+    persistent_workers=True,
+    dataset=dict(
+        type='CocoDataset', data_root=data_root, metainfo=metainfo, ann_file='annotations/instances_val.json',
+        data_prefix=dict(img='images/'), test_mode=True, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+test_evaluator = val_evaluator
+
+optim_wrapper = dict(optimizer=dict(lr=2e-4))
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=max_iters)]
+custom_hooks = [
+    dict(type='QVMeanTeacherHook', momentum=0.01, interval=1, skip_buffer=True, ramp=True, warm_up=0),
+    dict(type='QVStageSwitchHook', switch_iter=switch_iter),
+]
+default_hooks = dict(
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1),
+    logger=dict(type='LoggerHook', interval=10))
+randomness = dict(seed=0)

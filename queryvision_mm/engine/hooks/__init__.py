@@ -1,0 +1,4 @@
+from .mean_teacher_hook import QVMeanTeacherHook
+from .stage_switch_hook import QVStageSwitchHook
+
+__all__ = ['QVMeanTeacherHook', 'QVStageSwitchHook']

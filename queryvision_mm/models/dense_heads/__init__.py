@@ -1,0 +1,3 @@
+from .semi_detr_head import QVSemiDETRHead
+
+__all__ = ['QVSemiDETRHead']

@@ -1,0 +1,3 @@
+from .o2m_assigner import QVO2MAssigner
+
+__all__ = ['QVO2MAssigner']

@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+# Copyright (c) queryvision_mm contributors. All rights reserved.
+"""Test (and evaluate) a detector with queryvision_mm.
+
+Same command line and logic as mmdet 3.3's ``tools/test.py``; additionally it imports ``queryvision_mm``
+(registers our modules, safe ``weights_only`` checkpoint loading) and supports ``--launcher pytorch`` on
+CPU-only machines (gloo).
+
+    python tools/test.py CONFIG CHECKPOINT [--out results.pkl] [--show-dir DIR] [--tta] ...
+    bash tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCS [...]
+"""
+import argparse
+import importlib.util
+import os
+import os.path as osp
+import sys
+import warnings
+from copy import deepcopy
+
+from mmengine.config import Config, ConfigDict, DictAction
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='MMDet test (and eval) a model (queryvision_mm)')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the directory to save the file containing evaluation metrics')
+    parser.add_argument('--out', type=str, help='dump predictions to a pickle file for offline evaluation')
+    parser.add_argument('--show', action='store_true', help='show prediction results')
+    parser.add_argument(
+        '--show-dir',
+        help='directory where painted images will be saved. If specified, it will be automatically saved to '
+        'the work_dir/timestamp/show_dir')
+    parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, the key-value pair in xxx=yyy format will be merged '
+        'into config file. If the value to be overwritten is a list, it should be like key="[a,b]" or key=a,b '
+        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" Note that the quotation marks are '
+        'necessary and that no white space is allowed.')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation (flip by default)')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0); torchrun sets LOCAL_RANK instead
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        parser.error('--out: the dump file must be a .pkl/.pickle file.')
+    return args
+
+
+def import_queryvision_mm():
+    """Import the plugin (repo root on ``sys.path`` if it is not installed) and apply the shims."""
+    if importlib.util.find_spec('queryvision_mm') is None:
+        sys.path.insert(0, REPO_ROOT)
+    import queryvision_mm  # noqa: F401  registers all modules
+    from queryvision_mm.utils import setup_safe_checkpoint_loading
+    setup_safe_checkpoint_loading()  # idempotent; already applied by the import
+
+
+def default_flip_tta_pipeline(test_pipeline):
+    """mmdet's default TTA: the test pipeline with its final ``PackDetInputs`` replaced by a
+    flip / no-flip ``TestTimeAug``."""
+    pipeline = deepcopy(test_pipeline)
+    pipeline[-1] = dict(
+        type='TestTimeAug',
+        transforms=[
+            [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
+            [
+                dict(
+                    type='PackDetInputs',
+                    meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
+                               'flip_direction'))
+            ],
+        ])
+    return pipeline
+
+
+def enable_tta(cfg):
+    """Wrap ``cfg.model`` in ``cfg.tta_model`` and use ``cfg.tta_pipeline`` (mmdet defaults if absent)."""
+    if 'tta_model' not in cfg:
+        warnings.warn('Cannot find ``tta_model`` in config, we will set it as default.')
+        cfg.tta_model = dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+    if 'tta_pipeline' not in cfg:
+        warnings.warn('Cannot find ``tta_pipeline`` in config, we will set it as default.')
+        dataset_cfg = cfg.test_dataloader.dataset
+        while 'dataset' in dataset_cfg:  # dataset wrappers
+            dataset_cfg = dataset_cfg['dataset']
+        cfg.tta_pipeline = default_flip_tta_pipeline(dataset_cfg.pipeline)
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import_queryvision_mm()
+
+    from mmdet.engine.hooks.utils import trigger_visualization_hook
+    from mmdet.evaluation import DumpDetResults
+    from mmdet.registry import RUNNERS
+    from mmdet.utils import setup_cache_size_limit_of_dynamo
+    from mmengine.runner import Runner
+
+    from queryvision_mm.utils import setup_cpu_distributed
+
+    # Reduce the number of repeated compilations and improve testing speed.
+    setup_cache_size_limit_of_dynamo()
+
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+
+    # work_dir priority: CLI > config > ./work_dirs/<config stem>
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+
+    cfg.load_from = args.checkpoint
+
+    if args.show or args.show_dir:
+        cfg = trigger_visualization_hook(cfg, args)
+
+    if args.tta:
+        cfg = enable_tta(cfg)
+
+    # CPU-only `--launcher pytorch`: gloo process group + CPU DDP wrapper, before the Runner exists
+    setup_cpu_distributed(cfg, args.launcher)
+
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+
+    if args.out is not None:  # dummy metric that dumps the predictions
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()
