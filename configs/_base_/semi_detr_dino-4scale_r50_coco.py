@@ -74,12 +74,13 @@ color_space = [
     [dict(type='Sharpness')],
     [dict(type='Posterize')],
 ]
-# translate 0.1, rotate 30 deg, and shear x AND y (30 deg) as one option
+# translate 0.1, rotate 30 deg, and shear x AND y (30 deg) as one option (RandAugment takes one
+# transform per option, hence the Compose)
 geometric = [
     [dict(type='TranslateX', max_mag=0.1)],
     [dict(type='TranslateY', max_mag=0.1)],
     [dict(type='Rotate', max_mag=30.0)],
-    [dict(type='ShearX', max_mag=30.0), dict(type='ShearY', max_mag=30.0)],
+    [dict(type='Compose', transforms=[dict(type='ShearX', max_mag=30.0), dict(type='ShearY', max_mag=30.0)])],
 ]
 
 sup_pipeline = [

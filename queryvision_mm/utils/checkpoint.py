@@ -33,7 +33,7 @@ import os.path as osp
 import pickle
 import re
 import shlex
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Tuple, Union
 
 import numpy as np
 import torch

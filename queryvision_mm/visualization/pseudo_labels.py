@@ -7,8 +7,12 @@ import torch
 
 
 def draw_pseudo_label_grid(images: Sequence[np.ndarray], pseudo: Sequence, preds: Sequence, classes: Sequence[str],
-                           out_file: str, pred_score_thr: float = 0.3, titles: Optional[List[str]] = None) -> str:
+                           out_file: str, pred_score_thr: float = 0.3, titles: Optional[List[str]] = None,
+                           pseudo_thr: float = 0.4) -> str:
     """Draw one row per image: teacher pseudo-labels (left) and student predictions (right).
+
+    Teacher candidates with ``score >= pseudo_thr`` (those that enter the detection loss) are drawn
+    solid; the other candidates (consistency-query material) dashed.
 
     Args:
         images: RGB uint8 arrays (H, W, 3) in the network-input frame.
@@ -37,13 +41,17 @@ def draw_pseudo_label_grid(images: Sequence[np.ndarray], pseudo: Sequence, preds
                 boxes, labels, scores = boxes[keep], labels[keep], scores[keep]
             for (x1, y1, x2, y2), lab, sc in zip(boxes, labels, scores):
                 col = colors(int(lab) % 10)
-                ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=col, linewidth=1.5))
+                style = '-' if (c == 1 or sc >= pseudo_thr) else '--'
+                ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=col, linewidth=1.5,
+                                           linestyle=style))
                 ax.text(x1, y1, f'{classes[int(lab)]} {sc:.2f}', color='white', fontsize=6,
                         bbox=dict(facecolor=col, alpha=0.7, pad=0.5, linewidth=0))
             title = head if titles is None else f'{titles[r]}: {head}'
             if c == 1:
-                title += f' (>= {pred_score_thr})'
-            ax.set_title(f'{title} [{len(boxes)}]', fontsize=8)
+                title += f' (>= {pred_score_thr}) [{len(boxes)}]'
+            else:
+                title += f' [{int((scores >= pseudo_thr).sum())} >= {pseudo_thr}, {len(boxes)} candidates]'
+            ax.set_title(title, fontsize=8)
     fig.tight_layout()
     mkdir_or_exist(osp.dirname(osp.abspath(out_file)))
     fig.savefig(out_file, dpi=110)
@@ -59,7 +67,7 @@ def _np(x):
 def run_pseudo_label_visualization(model, dataset, out_file: str, num_images: int = 4,
                                    pred_score_thr: float = 0.3) -> str:
     """Run a :class:`QVSemiDETR` model on the first ``num_images`` of ``dataset`` (a test-style
-    pipeline) and draw the teacher's pseudo-labels (set A, i.e. what enters the loss) beside the
+    pipeline) and draw the teacher's candidates (solid: set A, which enters the loss) beside the
     student's predictions."""
     model.eval()
     classes = dataset.metainfo['classes']
@@ -69,7 +77,6 @@ def run_pseudo_label_visualization(model, dataset, out_file: str, num_images: in
                                             data_samples=[dataset[idx]['data_samples']]), False)
         inputs, samples = data['inputs'], data['data_samples']
         ps = model.teacher_pseudo_labels(inputs, samples)[0]
-        ps = ps[ps.scores >= model.semi_train_cfg.cls_pseudo_thr]
         pr = model.student.predict(inputs, samples, rescale=False)[0].pred_instances
         raw = dataset[idx]['inputs']  # uint8 (3, H, W), BGR as loaded
         img = raw.permute(1, 2, 0).numpy()[..., ::-1]
@@ -77,4 +84,5 @@ def run_pseudo_label_visualization(model, dataset, out_file: str, num_images: in
         pseudo.append(ps)
         preds.append(pr)
         titles.append(osp.basename(samples[0].img_path))
-    return draw_pseudo_label_grid(images, pseudo, preds, classes, out_file, pred_score_thr, titles)
+    return draw_pseudo_label_grid(images, pseudo, preds, classes, out_file, pred_score_thr, titles,
+                                  pseudo_thr=model.semi_train_cfg.cls_pseudo_thr)

@@ -62,6 +62,15 @@ class QVSemiDETRHead(DINOHead):
         self.use_nms = self.one_to_many if use_nms is None else bool(use_nms)
 
     # ------------------------------------------------------------------ training
+    @staticmethod
+    def split_outputs(all_layers_cls_scores: Tensor, all_layers_bbox_preds: Tensor,
+                      dn_meta: dict) -> Tuple[Tensor]:
+        """As :meth:`DINOHead.split_outputs`, but accepts ``dn_meta=None`` (no denoising queries,
+        e.g. pseudo-labels in the one-to-many stage); mmdet 3.3 dereferences it before its None check."""
+        if dn_meta is None:
+            return all_layers_cls_scores, all_layers_bbox_preds, None, None
+        return DINOHead.split_outputs(all_layers_cls_scores, all_layers_bbox_preds, dn_meta)
+
     def loss_by_feat_single(self, cls_scores: Tensor, bbox_preds: Tensor, batch_gt_instances: InstanceList,
                             batch_img_metas: List[dict]) -> Tuple[Tensor]:
         """Per-layer loss; dispatches to the one-to-many variant in the first stage."""

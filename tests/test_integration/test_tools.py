@@ -1,0 +1,184 @@
+"""End-to-end: tools/train.py, tools/test.py, resume across the stage switch, dist_train.sh on CPU."""
+import glob
+import os
+import os.path as osp
+import pickle
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from conftest import DEMO_CONFIG, REPO, shrink_semi_detr_cfg
+
+PY = sys.executable
+
+
+def _env():
+    env = dict(os.environ)
+    env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
+    env['PYTHON'] = PY
+    env.setdefault('OMP_NUM_THREADS', '1')
+    return env
+
+
+def run(args, timeout=600, **kw):
+    proc = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout, **kw)
+    return proc, proc.stdout + proc.stderr
+
+
+def make_cfg(tmp_path, data_root, name='cfg.py', edit=None, **kw):
+    cfg = shrink_semi_detr_cfg(Config.fromfile(DEMO_CONFIG), data_root=data_root, **kw)
+    if edit is not None:
+        edit(cfg)
+    path = str(tmp_path / name)
+    cfg.dump(path)
+    return path
+
+
+def state(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def test_train_then_test_tool(tiny_demo_data, tmp_path):
+    cfg = make_cfg(tmp_path, tiny_demo_data, max_iters=4, switch_iter=2)
+    work = str(tmp_path / 'work')
+    proc, out = run([PY, 'tools/train.py', cfg, '--work-dir', work])
+    assert proc.returncode == 0, out[-4000:]
+    assert 'iteration 2: switching to one-to-one matching' in out
+    assert 'teacher/coco/bbox_mAP' in out and 'student/coco/bbox_mAP' in out
+    ckpt = osp.join(work, 'iter_4.pth')
+    sd = state(ckpt)['state_dict']
+    assert bool(sd['one_to_many_stage']) is False
+    assert any(k.startswith('teacher.') for k in sd) and any(k.startswith('projector.') for k in sd)
+
+    pkl = str(tmp_path / 'res.pkl')
+    proc, out = run([PY, 'tools/test.py', cfg, ckpt, '--work-dir', str(tmp_path / 'test'), '--out', pkl])
+    assert proc.returncode == 0, out[-4000:]
+    assert re.search(r'coco/bbox_mAP: [0-9.]+', out)
+    assert 'bbox_mAP_s' in out
+    with open(pkl, 'rb') as f:
+        results = pickle.load(f)
+    assert len(results) == 6 and 'pred_instances' in results[0]
+
+
+def test_resume_across_stage_switch(tiny_demo_data, tmp_path):
+    """A run interrupted at iteration 2 and resumed lands in the right stage and keeps the EMA ramp."""
+    full = make_cfg(tmp_path, tiny_demo_data, 'full.py', max_iters=4, switch_iter=3)
+    part = make_cfg(tmp_path, tiny_demo_data, 'part.py', max_iters=2, switch_iter=3)
+    w_full, w_part = str(tmp_path / 'full'), str(tmp_path / 'part')
+    proc, out = run([PY, 'tools/train.py', full, '--work-dir', w_full])
+    assert proc.returncode == 0, out[-4000:]
+    proc, out = run([PY, 'tools/train.py', part, '--work-dir', w_part])
+    assert proc.returncode == 0, out[-4000:]
+    ck2 = state(osp.join(w_part, 'iter_2.pth'))
+    assert bool(ck2['state_dict']['one_to_many_stage']) is True
+    # the first two iterations are reproducible (same seed), so the interrupted run matches the full one
+    ref = state(osp.join(w_full, 'iter_4.pth'))  # noqa: F841  (loads under weights_only)
+
+    # resume: same work dir, the 4-iteration config, --resume (auto -> last_checkpoint)
+    proc, out = run([PY, 'tools/train.py', full, '--work-dir', w_part, '--resume'])
+    assert proc.returncode == 0, out[-4000:]
+    assert 'resumed epoch: 0, iter: 2' in out
+    assert 'iteration 3: switching to one-to-one matching' in out
+    assert 'iteration 2: switching' not in out, 'iteration 2 is still one-to-many after resuming'
+    assert re.search(r'Iter\(train\) \[3/4\].*ema_student_weight: 0\.2500', out), 'EMA ramp continues at 1/(2+2)'
+    ck4 = state(osp.join(w_part, 'iter_4.pth'))
+    assert bool(ck4['state_dict']['one_to_many_stage']) is False
+    assert ck4['meta']['iter'] == 4
+    # teacher is the EMA of the student, not a copy, and was carried over
+    sd = ck4['state_dict']
+    k = 'student.bbox_head.cls_branches.0.weight'
+    assert not torch.equal(sd[k], sd['teacher' + k[len('student'):]])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _deterministic(cfg, batch_size):
+    """Remove everything that makes 1 x 2B and 2 x B differ by construction (random augmentation, per-batch
+    dynamic DN groups, per-rank loss normalisers), keeping the Semi-DETR model, hooks and losses."""
+    scale = (160, 112)
+    det_pipe = lambda: [dict(type='RandomChoiceResize', scales=[scale], keep_ratio=True),  # noqa: E731
+                        dict(type='PackDetInputs', meta_keys=cfg.meta_keys)]
+    lab, unlab = cfg.train_dataloader.dataset.datasets
+    lab.pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True),
+                    dict(type='RandomChoiceResize', scales=[scale], keep_ratio=True),
+                    dict(type='MultiBranch', branch_field=cfg.branch_field,
+                         sup=dict(type='PackDetInputs', meta_keys=cfg.meta_keys))]
+    unlab.pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadEmptyAnnotations'),
+                      dict(type='MultiBranch', branch_field=cfg.branch_field, unsup_teacher=det_pipe(),
+                           unsup_student=det_pipe())]
+    cfg.train_dataloader.sampler = dict(type='MultiSourceSampler', batch_size=batch_size, source_ratio=[1, 4])
+    cfg.train_dataloader.batch_size = batch_size
+    det = cfg.model.detector
+    det.dn_cfg.update(label_noise_scale=0.0, box_noise_scale=0.0, group_cfg=dict(dynamic=False, num_groups=2))
+    det.bbox_head.sync_cls_avg_factor = True
+    cfg.optim_wrapper.optimizer = dict(type='SGD', lr=0.01, momentum=0.0)
+    cfg.default_hooks.checkpoint.interval = 1
+    cfg.default_hooks.checkpoint.max_keep_ckpts = 5
+    cfg.train_cfg.val_interval = 100
+
+
+def test_dist_train_two_processes_matches_one(tiny_demo_data, tmp_path):
+    """tools/dist_train.sh CONFIG 2 (gloo on CPU) follows the same weight trajectory as one process with the
+    same total batch, iteration by iteration (one-to-one stage: the consistency branch normalises per rank)."""
+    kw = dict(max_iters=3, switch_iter=0)
+    single = make_cfg(tmp_path, tiny_demo_data, 'single.py', edit=lambda c: _deterministic(c, 10), **kw)
+    dist = make_cfg(tmp_path, tiny_demo_data, 'dist.py', edit=lambda c: _deterministic(c, 5), **kw)
+    w1, w2 = str(tmp_path / 'single'), str(tmp_path / 'dist')
+    proc, out = run([PY, 'tools/train.py', single, '--work-dir', w1])
+    assert proc.returncode == 0, out[-4000:]
+    env_port = dict(PORT=str(_free_port()))
+    proc = subprocess.run(['bash', 'tools/dist_train.sh', dist, '2', '--work-dir', w2], cwd=REPO,
+                          env={**_env(), **env_port}, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert 'gloo' in out
+    for it in (1, 2, 3):
+        a = state(osp.join(w1, f'iter_{it}.pth'))['state_dict']
+        b = state(osp.join(w2, f'iter_{it}.pth'))['state_dict']
+        moved = 0
+        for k, v in a.items():
+            if not k.startswith('student.') or not v.is_floating_point():
+                continue
+            torch.testing.assert_close(b[k], v, rtol=1e-4, atol=2e-6, msg=f'{k} at iteration {it}')
+            moved += 1
+        assert moved > 50
+    first = state(osp.join(w1, 'iter_1.pth'))['state_dict']
+    last = state(osp.join(w1, 'iter_3.pth'))['state_dict']
+    assert not torch.equal(first['student.bbox_head.cls_branches.0.weight'],
+                           last['student.bbox_head.cls_branches.0.weight']), 'training must move the weights'
+
+
+def test_missing_annotation_file_names_the_file(tiny_demo_data, tmp_path):
+    missing = osp.join(tiny_demo_data, 'annotations', 'does_not_exist.json')
+
+    def edit(cfg):
+        cfg.train_dataloader.dataset.datasets[1].ann_file = 'annotations/does_not_exist.json'
+
+    cfg = make_cfg(tmp_path, tiny_demo_data, edit=edit)
+    proc, out = run([PY, 'tools/train.py', cfg, '--work-dir', str(tmp_path / 'w')])
+    assert proc.returncode != 0
+    assert missing in out or 'does_not_exist.json' in out
+
+
+def test_unreadable_image_names_the_file(tiny_demo_data, tmp_path):
+    from mmdet.registry import DATASETS
+    data = str(tmp_path / 'data')
+    shutil.copytree(tiny_demo_data, data)
+    bad = sorted(glob.glob(osp.join(data, 'images', 'unlabeled', '*.jpg')))[3]
+    with open(bad, 'wb') as f:
+        f.write(b'this is not a jpeg')
+    cfg = Config.fromfile(make_cfg(tmp_path, data))
+    ds = DATASETS.build(cfg.train_dataloader.dataset.datasets[1])
+    with pytest.raises(Exception, match=re.escape(osp.basename(bad))):
+        for i in range(len(ds)):
+            ds[i]

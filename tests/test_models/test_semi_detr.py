@@ -1,0 +1,170 @@
+"""QVSemiDETR built from the real configs (shrunk), loss/predict on CPU."""
+import copy
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmdet.registry import MODELS
+from mmdet.testing import demo_mm_inputs
+
+from conftest import REPO, shrink_semi_detr_cfg
+
+CONFIGS = {
+    'coco_1pct': dict(unsup_weight=4.0, switch=60000, iters=120000, classes=80),
+    'coco_5pct': dict(unsup_weight=4.0, switch=60000, iters=120000, classes=80),
+    'coco_10pct': dict(unsup_weight=4.0, switch=60000, iters=120000, classes=80),
+    'coco_full': dict(unsup_weight=2.0, switch=120000, iters=240000, classes=80),
+    'voc': dict(unsup_weight=4.0, switch=40000, iters=80000, classes=20),
+}
+
+
+def load(name):
+    return Config.fromfile(osp.join(REPO, 'configs', 'semi_detr', f'{name}.py'))
+
+
+@pytest.mark.parametrize('name', sorted(CONFIGS))
+def test_paper_configs_build_with_spec_values(name):
+    cfg = load(name)
+    exp = CONFIGS[name]
+    assert cfg.model.type == 'QVSemiDETR'
+    assert cfg.model.semi_train_cfg.unsup_weight == exp['unsup_weight']
+    assert cfg.model.semi_train_cfg.cls_pseudo_thr == 0.4
+    assert cfg.train_cfg.max_iters == exp['iters']
+    hooks = {h['type']: h for h in cfg.custom_hooks}
+    assert hooks['QVStageSwitchHook']['switch_iter'] == exp['switch']
+    assert hooks['QVMeanTeacherHook']['momentum'] == 0.001
+    assert cfg.model.detector.bbox_head.num_classes == exp['classes']
+    assert cfg.model.detector.num_queries == 900
+    assert cfg.optim_wrapper.optimizer.lr == 1e-4 and cfg.optim_wrapper.clip_grad.max_norm == 0.1
+    model = MODELS.build(cfg.model)
+    assert type(model.student).__name__ == 'QVSemiDINO'
+    assert model.student is not model.teacher
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+
+
+def multi_branch_batch(model, n_sup=1, n_unsup=2, gt_sup=3, num_classes=80, shape=(3, 112, 144)):
+    data = dict(inputs=dict(), data_samples=dict())
+    for key, n, ngt in (('sup', n_sup, gt_sup), ('unsup_teacher', n_unsup, 0), ('unsup_student', n_unsup, 0)):
+        d = demo_mm_inputs(n, [list(shape)] * n, num_items=[ngt] * n, num_classes=num_classes)
+        for s in d['data_samples']:
+            s.set_metainfo(dict(homography_matrix=np.eye(3, dtype=np.float32)))
+        data['inputs'][key] = d['inputs']
+        data['data_samples'][key] = d['data_samples']
+    return model.data_preprocessor(data, True)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    cfg = shrink_semi_detr_cfg(load('coco_10pct'))
+    m = MODELS.build(cfg.model)
+    m.init_weights()
+    m.train()
+    return m
+
+
+def confident_teacher(model, bias):
+    for branch in model.teacher.bbox_head.cls_branches:
+        branch.bias.data.fill_(bias)
+
+
+def test_loss_keys_per_stage(model):
+    confident_teacher(model, 2.0)
+    batch = multi_branch_batch(model)
+    model.set_stage(True)
+    losses = model.loss(batch['inputs'], copy.deepcopy(batch['data_samples']))
+    assert 'unsup_loss_consistency' in losses and 'unsup_d0.loss_consistency' in losses
+    assert not any(k.startswith('unsup_dn_') for k in losses), 'no pseudo-label DN loss in stage one'
+    assert any(k.startswith('sup_dn_') for k in losses), 'supervised DN is kept'
+    assert losses['unsup_num_pseudo'] > 0
+    assert losses['unsup_loss_cls'] > 0
+    model.set_stage(False)
+    losses = model.loss(batch['inputs'], copy.deepcopy(batch['data_samples']))
+    assert not any('consistency' in k for k in losses), 'consistency is off after the switch'
+    assert losses['unsup_dn_loss_cls'] > 0
+    for v in losses.values():
+        assert torch.isfinite(torch.as_tensor(v)).all()
+
+
+def test_gradients_reach_projector_never_teacher(model):
+    confident_teacher(model, 2.0)
+    batch = multi_branch_batch(model)
+    model.set_stage(True)
+    teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    total, _ = model.parse_losses(model.loss(batch['inputs'], batch['data_samples']))
+    total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector.parameters())
+    assert all(p.grad is None for p in model.teacher.parameters())
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    opt.step()
+    for k, v in model.teacher.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), k
+
+
+def test_unlabeled_batch_without_pseudo_labels(model):
+    """An untrained / unsure teacher gives no pseudo-label at all: finite losses, zero weight."""
+    confident_teacher(model, -30.0)
+    batch = multi_branch_batch(model)
+    for stage in (True, False):
+        model.set_stage(stage)
+        losses = model.loss(batch['inputs'], copy.deepcopy(batch['data_samples']))
+        assert losses['unsup_num_pseudo'] == 0
+        unsup = [v for k, v in losses.items() if k.startswith('unsup_') and 'loss' in k]
+        assert unsup and all(float(v) == 0 for v in unsup)
+        total, _ = model.parse_losses(losses)
+        assert torch.isfinite(total)
+        total.backward()
+
+
+def test_labeled_image_without_boxes(model):
+    confident_teacher(model, 2.0)
+    batch = multi_branch_batch(model, n_sup=2, gt_sup=0)
+    for stage in (True, False):
+        model.set_stage(stage)
+        losses = model.loss(batch['inputs'], copy.deepcopy(batch['data_samples']))
+        assert losses['sup_loss_cls'] > 0 and losses['sup_loss_bbox'] == 0
+        total, _ = model.parse_losses(losses)
+        assert torch.isfinite(total)
+
+
+def test_extra_queries_do_not_leak_into_matching_or_dn(model):
+    """Matching and denoising outputs are identical with and without prepended consistency queries."""
+    det = model.student
+    batch = multi_branch_batch(model, n_sup=2)
+    inputs, samples = batch['inputs']['sup'], batch['data_samples']['sup']
+    feats = det.extract_feat(inputs)
+    extra = dict(query=torch.randn(2, 6, 256), reference_unact=torch.randn(2, 6, 4), num_groups=3)
+    torch.manual_seed(1)
+    plain = det.forward_transformer(feats, samples)
+    torch.manual_seed(1)
+    with_extra = det.forward_transformer(feats, samples, extra_queries=extra)
+    assert with_extra['extra_hidden_states'].shape[:3] == (2, 2, 6)
+    torch.testing.assert_close(with_extra['hidden_states'], plain['hidden_states'], rtol=1e-5, atol=1e-5)
+    for a, b in zip(with_extra['references'], plain['references']):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # and the extra queries do react to their own input
+    torch.manual_seed(1)
+    other = dict(extra, query=extra['query'] + 1)
+    changed = det.forward_transformer(feats, samples, extra_queries=other)
+    assert not torch.allclose(changed['extra_hidden_states'], with_extra['extra_hidden_states'])
+
+
+def test_predict_and_stage_buffer_roundtrip(model, tmp_path):
+    batch = multi_branch_batch(model)
+    model.eval()
+    model.set_stage(False)
+    out = model.predict(batch['inputs']['sup'], copy.deepcopy(batch['data_samples']['sup']))
+    assert len(out[0].pred_instances) == model.student.test_cfg['max_per_img']
+    model.set_stage(True)
+    assert model.student.bbox_head.use_nms and model.teacher.bbox_head.use_nms
+    # the stage travels with the weights
+    model.set_stage(False)
+    path = tmp_path / 'w.pth'
+    torch.save(model.state_dict(), path)
+    fresh = MODELS.build(shrink_semi_detr_cfg(load('coco_10pct')).model)
+    assert fresh.one_to_many
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    assert not fresh.one_to_many and not fresh.student.bbox_head.use_nms
