@@ -1,5 +1,6 @@
 """End-to-end: tools/train.py, tools/test.py, resume across the stage switch, dist_train.sh on CPU."""
 import glob
+import json
 import os
 import os.path as osp
 import pickle
@@ -20,7 +21,7 @@ PY = sys.executable
 
 def _env():
     env = dict(os.environ)
-    env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
+    env['PYTHONPATH'] = os.pathsep.join([REPO, osp.dirname(osp.abspath(__file__)), env.get('PYTHONPATH', '')])
     env['PYTHON'] = PY
     env.setdefault('OMP_NUM_THREADS', '1')
     return env
@@ -102,15 +103,16 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _deterministic(cfg, batch_size):
+def _deterministic(cfg, batch_size, record_dir):
     """Remove everything that makes 1 x 2B and 2 x B differ by construction (random augmentation, per-batch
     dynamic DN groups, per-rank loss normalisers), keeping the Semi-DETR model, hooks and losses."""
-    scale = (160, 112)
-    det_pipe = lambda: [dict(type='RandomChoiceResize', scales=[scale], keep_ratio=True),  # noqa: E731
-                        dict(type='PackDetInputs', meta_keys=cfg.meta_keys)]
+    # one fixed size: with varying sizes, a batch of 10 and two batches of 5 are padded differently, and
+    # padding changes the backbone features near the borders
+    resize = dict(type='Resize', scale=(112, 112), keep_ratio=False)
+    det_pipe = lambda: [resize, dict(type='PackDetInputs', meta_keys=cfg.meta_keys)]  # noqa: E731
     lab, unlab = cfg.train_dataloader.dataset.datasets
     lab.pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True),
-                    dict(type='RandomChoiceResize', scales=[scale], keep_ratio=True),
+                    resize,
                     dict(type='MultiBranch', branch_field=cfg.branch_field,
                          sup=dict(type='PackDetInputs', meta_keys=cfg.meta_keys))]
     unlab.pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadEmptyAnnotations'),
@@ -119,21 +121,35 @@ def _deterministic(cfg, batch_size):
     cfg.train_dataloader.sampler = dict(type='MultiSourceSampler', batch_size=batch_size, source_ratio=[1, 4])
     cfg.train_dataloader.batch_size = batch_size
     det = cfg.model.detector
-    det.dn_cfg.update(label_noise_scale=0.0, box_noise_scale=0.0, group_cfg=dict(dynamic=False, num_groups=2))
+    # mmdet asserts noise scales > 0; 1e-8 makes the DN queries deterministic in effect
+    det.dn_cfg.update(label_noise_scale=1e-8, box_noise_scale=1e-8, group_cfg=dict(dynamic=False, num_groups=2))
     det.bbox_head.sync_cls_avg_factor = True
     cfg.optim_wrapper.optimizer = dict(type='SGD', lr=0.01, momentum=0.0)
     cfg.default_hooks.checkpoint.interval = 1
     cfg.default_hooks.checkpoint.max_keep_ckpts = 5
     cfg.train_cfg.val_interval = 100
+    cfg.custom_imports = dict(imports=['queryvision_mm', 'qv_test_loss_recorder'], allow_failed_imports=False)
+    cfg.custom_hooks.append(dict(type='QVTestLossRecorderHook', out_dir=record_dir))
+
+
+def _losses(work_dir):
+    out = {}
+    for path in glob.glob(osp.join(work_dir, 'losses_rank*.jsonl')):
+        for line in open(path):
+            rec = json.loads(line)
+            out.setdefault(rec['iter'], []).append(rec['loss'])
+    return out
 
 
 def test_dist_train_two_processes_matches_one(tiny_demo_data, tmp_path):
     """tools/dist_train.sh CONFIG 2 (gloo on CPU) follows the same weight trajectory as one process with the
     same total batch, iteration by iteration (one-to-one stage: the consistency branch normalises per rank)."""
     kw = dict(max_iters=3, switch_iter=0)
-    single = make_cfg(tmp_path, tiny_demo_data, 'single.py', edit=lambda c: _deterministic(c, 10), **kw)
-    dist = make_cfg(tmp_path, tiny_demo_data, 'dist.py', edit=lambda c: _deterministic(c, 5), **kw)
     w1, w2 = str(tmp_path / 'single'), str(tmp_path / 'dist')
+    os.makedirs(w1)
+    os.makedirs(w2)
+    single = make_cfg(tmp_path, tiny_demo_data, 'single.py', edit=lambda c: _deterministic(c, 10, w1), **kw)
+    dist = make_cfg(tmp_path, tiny_demo_data, 'dist.py', edit=lambda c: _deterministic(c, 5, w2), **kw)
     proc, out = run([PY, 'tools/train.py', single, '--work-dir', w1])
     assert proc.returncode == 0, out[-4000:]
     env_port = dict(PORT=str(_free_port()))
@@ -142,6 +158,14 @@ def test_dist_train_two_processes_matches_one(tiny_demo_data, tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert 'gloo' in out
+    # loss trajectory: the single-process loss equals the mean of the two ranks' losses (normalisers are
+    # averaged across ranks), iteration by iteration
+    l1, l2 = _losses(w1), _losses(w2)
+    assert sorted(l1) == sorted(l2) == [0, 1, 2]
+    for it in l1:
+        assert len(l1[it]) == 1 and len(l2[it]) == 2
+        assert l2[it][0] != pytest.approx(l2[it][1]), 'ranks must see different images'
+        assert sum(l2[it]) / 2 == pytest.approx(l1[it][0], rel=1e-4), f'loss at iteration {it}'
     for it in (1, 2, 3):
         a = state(osp.join(w1, f'iter_{it}.pth'))['state_dict']
         b = state(osp.join(w2, f'iter_{it}.pth'))['state_dict']
