@@ -17,6 +17,16 @@ if REPO not in sys.path:
 DEMO_CONFIG = osp.join(REPO, 'configs', 'semi_detr', 'demo_shapes.py')
 
 
+def load_module_from_path(name, path):
+    """Import a file as a module without running its package's ``__init__`` (e.g. tools/ scripts)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(autouse=True)
 def _mmdet_scope():
     """Every test runs with mmdet's default scope and our modules registered."""

@@ -10,16 +10,13 @@ CPU-only machines (gloo).
     bash tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCS [...]
 """
 import argparse
-import importlib.util
 import os
-import os.path as osp
-import sys
 import warnings
 from copy import deepcopy
 
-from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.config import ConfigDict, DictAction
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from _bootstrap import import_queryvision_mm  # noqa: E402  (tools/ is on sys.path)
 
 
 def parse_args(argv=None):
@@ -55,13 +52,6 @@ def parse_args(argv=None):
     return args
 
 
-def import_queryvision_mm():
-    """Import the plugin (repo root on ``sys.path`` if it is not installed) and apply the shims."""
-    if importlib.util.find_spec('queryvision_mm') is None:
-        sys.path.insert(0, REPO_ROOT)
-    import queryvision_mm  # noqa: F401  registers all modules
-    from queryvision_mm.utils import setup_safe_checkpoint_loading
-    setup_safe_checkpoint_loading()  # idempotent; already applied by the import
 
 
 def default_flip_tta_pipeline(test_pipeline):
@@ -104,25 +94,14 @@ def main(argv=None):
 
     from mmdet.engine.hooks.utils import trigger_visualization_hook
     from mmdet.evaluation import DumpDetResults
-    from mmdet.registry import RUNNERS
     from mmdet.utils import setup_cache_size_limit_of_dynamo
-    from mmengine.runner import Runner
 
-    from queryvision_mm.utils import setup_cpu_distributed
+    from queryvision_mm.utils.cli import build_runner, load_tool_config
 
     # Reduce the number of repeated compilations and improve testing speed.
     setup_cache_size_limit_of_dynamo()
 
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    # work_dir priority: CLI > config > ./work_dirs/<config stem>
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 
     cfg.load_from = args.checkpoint
 
@@ -132,10 +111,9 @@ def main(argv=None):
     if args.tta:
         cfg = enable_tta(cfg)
 
-    # CPU-only `--launcher pytorch`: gloo process group + CPU DDP wrapper, before the Runner exists
-    setup_cpu_distributed(cfg, args.launcher)
-
-    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    # CPU-only `--launcher pytorch`: gloo process group + CPU DDP wrapper, before the Runner exists;
+    # the config's `randomness` (seed, deterministic) is used as is
+    runner = build_runner(cfg)
 
     if args.out is not None:  # dummy metric that dumps the predictions
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))

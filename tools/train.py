@@ -10,14 +10,11 @@ supports ``--launcher pytorch`` on CPU-only machines (gloo, see ``queryvision_mm
     bash tools/dist_train.sh CONFIG NUM_PROCS [...]
 """
 import argparse
-import importlib.util
 import os
-import os.path as osp
-import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from _bootstrap import import_queryvision_mm  # noqa: E402  (tools/ is on sys.path)
 
 
 def parse_args(argv=None):
@@ -51,38 +48,20 @@ def parse_args(argv=None):
     return args
 
 
-def import_queryvision_mm():
-    """Import the plugin (repo root on ``sys.path`` if it is not installed) and apply the shims."""
-    if importlib.util.find_spec('queryvision_mm') is None:
-        sys.path.insert(0, REPO_ROOT)
-    import queryvision_mm  # noqa: F401  registers all modules
-    from queryvision_mm.utils import setup_safe_checkpoint_loading
-    setup_safe_checkpoint_loading()  # idempotent; already applied by the import
 
 
 def main(argv=None):
     args = parse_args(argv)
     import_queryvision_mm()
 
-    from mmdet.registry import RUNNERS
     from mmdet.utils import setup_cache_size_limit_of_dynamo
-    from mmengine.runner import Runner
 
-    from queryvision_mm.utils import setup_cpu_distributed
+    from queryvision_mm.utils.cli import build_runner, load_tool_config
 
     # Reduce the number of repeated compilations and improve training speed.
     setup_cache_size_limit_of_dynamo()
 
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    # work_dir priority: CLI > config > ./work_dirs/<config stem>
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
@@ -103,11 +82,9 @@ def main(argv=None):
         cfg.resume = True
         cfg.load_from = args.resume
 
-    # CPU-only `--launcher pytorch`: gloo process group + CPU DDP wrapper, before the Runner exists
-    setup_cpu_distributed(cfg, args.launcher)
-
+    # CPU-only `--launcher pytorch`: gloo process group + CPU DDP wrapper, before the Runner exists;
     # the config's `randomness` (seed, deterministic) is used as is
-    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    runner = build_runner(cfg)
     runner.train()
 
 

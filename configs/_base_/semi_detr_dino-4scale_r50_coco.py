@@ -35,6 +35,7 @@ model = dict(
         unsup_weight=4.0,  # §1.3 Partial/VOC (Full: 2.0)
         cls_pseudo_thr=0.4,  # §1.4 set A
         min_pseudo_bbox_wh=(1e-2, 1e-2),
+        pseudo_nms=True,  # §1.4 NMS on pseudo-labels in both stages
         adaptive_pseudo_thr=True,  # §1.4 mean + std
         use_gmm_mining=True,  # §1.4 set B (consistency only)
         consistency_in_o2o=False,  # §1.6 loss weights zeroed after the switch

@@ -1,11 +1,11 @@
 # Semi-DETR demo on the embedded synthetic shapes data (tools/misc/make_demo_data.py): the same model,
 # pipelines, hooks and losses as coco_10pct.py, shrunk to run on 2 CPU cores in minutes:
 # ResNet-18 from scratch (no download), 2 encoder + 2 decoder layers, 100 queries, ~160 px images,
-# 40 labeled / 160 unlabeled images (20 %), 1:4 batches of 5, EMA 0.99 (short run), one-to-one from iter 100.
+# 40 labeled / 160 unlabeled images (20 %), 1:4 batches of 5, EMA 0.99 (short run), one-to-one from iter 125.
 _base_ = '../_base_/semi_detr_dino-4scale_r50_coco.py'
 
-max_iters = 200
-switch_iter = 100
+max_iters = 250
+switch_iter = 125
 batch_size = 5
 data_root = 'data/demo_shapes/'
 metainfo = dict(classes=('circle', 'square', 'triangle'))

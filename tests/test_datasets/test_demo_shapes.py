@@ -3,7 +3,6 @@
 The module is loaded from its file path so that ``queryvision_mm/datasets/__init__.py`` (which may
 import mmdet) is not executed.
 """
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -14,19 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import load_module_from_path
+
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 MODULE_PATH = osp.join(REPO_ROOT, 'queryvision_mm', 'datasets', 'demo_shapes.py')
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location('qv_demo_shapes_under_test', MODULE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
-
-ds = _load_module()
+ds = load_module_from_path('qv_demo_shapes_under_test', MODULE_PATH)
 SMALL = dict(num_labeled=4, num_unlabeled=6, num_val=3, image_size=96, seed=3)
 ANN_KEYS = ('labeled', 'unlabeled', 'val', 'train_full')
 

@@ -168,3 +168,33 @@ def test_predict_and_stage_buffer_roundtrip(model, tmp_path):
     assert fresh.one_to_many
     fresh.load_state_dict(torch.load(path, weights_only=True))
     assert not fresh.one_to_many and not fresh.student.bbox_head.use_nms
+
+
+def test_pseudo_nms_flag(model):
+    confident_teacher(model, 2.0)
+    batch = multi_branch_batch(model)
+    inputs, samples = batch['inputs']['unsup_teacher'], batch['data_samples']['unsup_teacher']
+    with_nms = model.teacher_pseudo_labels(inputs, copy.deepcopy(samples))
+    model.semi_train_cfg.pseudo_nms = False
+    without = model.teacher_pseudo_labels(inputs, copy.deepcopy(samples))
+    assert sum(map(len, without)) > sum(map(len, with_nms))
+
+
+def test_user_config_inheriting_ours(tmp_path):
+    user = tmp_path / 'my_semi_detr.py'
+    user.write_text(f"_base_ = '{osp.join(REPO, 'configs', 'semi_detr', 'coco_10pct.py')}'\n"
+                    "model = dict(semi_train_cfg=dict(unsup_weight=2.0), detector=dict(num_queries=300))\n"
+                    "custom_hooks = [dict(type='QVStageSwitchHook', switch_iter=80000)]\n")
+    cfg = Config.fromfile(str(user))
+    assert cfg.custom_imports.imports == ['queryvision_mm']
+    assert cfg.model.semi_train_cfg.unsup_weight == 2.0 and cfg.model.semi_train_cfg.cls_pseudo_thr == 0.4
+    assert cfg.train_dataloader.dataset.datasets[0].ann_file.endswith('1@10.json')
+    model = MODELS.build(cfg.model)
+    assert model.student.num_queries == 300
+
+
+def test_unknown_semi_train_cfg_key_is_an_error():
+    cfg = shrink_semi_detr_cfg(load('coco_10pct'))
+    cfg.model.semi_train_cfg['unsup_wieght'] = 2.0
+    with pytest.raises(KeyError, match='unsup_wieght'):
+        MODELS.build(cfg.model)

@@ -1,24 +1,18 @@
 """Tests for tools/dataset_converters/split_coco.py (stdlib + numpy only, no mmdet)."""
-import importlib.util
 import json
 import os.path as osp
 import sys
 
 import pytest
 
+from conftest import load_module_from_path
+
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SCRIPT = osp.join(REPO_ROOT, 'tools', 'dataset_converters', 'split_coco.py')
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location('qv_tools_split_coco', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
-
-sc = _load_module()
+sc = load_module_from_path('qv_tools_split_coco', SCRIPT)
 
 
 def make_coco(num_images=50, anns_per_image=3):

@@ -166,14 +166,15 @@ class QVSemiDETRHead(DINOHead):
         return results
 
     @torch.no_grad()
-    def predict_pseudo(self, hidden_states: Tensor, references: List[Tensor],
-                       batch_img_metas: List[dict]) -> InstanceList:
+    def predict_pseudo(self, hidden_states: Tensor, references: List[Tensor], batch_img_metas: List[dict],
+                       nms: bool = True) -> InstanceList:
         """Teacher pseudo-labels: last decoder layer, class-wise NMS (``nms_cfg``), in input-image coords.
 
-        The official code applies NMS to pseudo-labels in both stages.
+        The official code applies NMS to pseudo-labels in both stages; ``nms=False`` keeps the same score
+        threshold and top-``max_per_img`` selection without suppression.
         """
         all_cls, all_bbox = self(hidden_states, references)
-        return [
-            self.nms_predict_single(c, b, m, **self.nms_cfg)
-            for c, b, m in zip(all_cls[-1], all_bbox[-1], batch_img_metas)
-        ]
+        cfg = dict(self.nms_cfg)
+        if not nms:
+            cfg['iou_threshold'] = 1.0  # IoU never exceeds 1: nothing is suppressed
+        return [self.nms_predict_single(c, b, m, **cfg) for c, b, m in zip(all_cls[-1], all_bbox[-1], batch_img_metas)]

@@ -24,6 +24,7 @@ DEFAULT_SEMI_TRAIN_CFG = dict(
     unsup_weight=4.0,
     cls_pseudo_thr=0.4,  # set A: pseudo-labels that enter the detection loss (and CDN)
     min_pseudo_bbox_wh=(1e-2, 1e-2),
+    pseudo_nms=True,  # class-wise NMS (IoU 0.6) on teacher predictions in both stages (official)
     adaptive_pseudo_thr=True,  # candidates: score >= mean + std per image (official)
     use_gmm_mining=True,  # set B (consistency only) = {GMM low-cost} U set A
     consistency_in_o2o=False,  # official: consistency loss only in the one-to-many stage
@@ -135,7 +136,8 @@ class QVSemiDETR(SemiBaseDetector):
         feats = teacher.extract_feat(batch_inputs)
         head_in = teacher.forward_transformer(feats, batch_data_samples, return_encoder_outputs=True)
         metas = [s.metainfo for s in batch_data_samples]
-        results = teacher.bbox_head.predict_pseudo(head_in['hidden_states'], head_in['references'], metas)
+        results = teacher.bbox_head.predict_pseudo(
+            head_in['hidden_states'], head_in['references'], metas, nms=self.semi_train_cfg.pseudo_nms)
         out = []
         for res in results:
             wh = res.bboxes[:, 2:] - res.bboxes[:, :2]
