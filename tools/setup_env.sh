@@ -72,7 +72,7 @@ if ! "$PY" -c "import mmcv, mmcv._ext, sys; sys.exit(mmcv.__version__ != '2.1.0'
   mkdir -p "$WDIR"
   WHL="$(ls "$WDIR"/mmcv-2.1.0-*.whl 2>/dev/null | head -n1 || true)"
   if [ -z "$WHL" ]; then
-    log "building mmcv 2.1.0 with ops from the sdist ($FLAV; ~35-40 min on 2 cores, cached in $WDIR)"
+    log "building mmcv 2.1.0 with ops from the sdist ($FLAV; 7-40 min on 2 cores depending on the CPU, cached in $WDIR)"
     SDIR="$(mktemp -d)"
     "${PIP[@]}" download -q mmcv==2.1.0 --no-deps --no-binary :all: --no-build-isolation -d "$SDIR"
     MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" "${PIP[@]}" wheel --no-build-isolation --no-deps \

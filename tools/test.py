@@ -10,13 +10,12 @@ CPU-only machines (gloo).
     bash tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCS [...]
 """
 import argparse
-import os
 import warnings
 from copy import deepcopy
 
-from mmengine.config import ConfigDict, DictAction
+from mmengine.config import ConfigDict
 
-from _bootstrap import import_queryvision_mm  # noqa: E402  (tools/ is on sys.path)
+from _bootstrap import add_common_args, export_local_rank, import_queryvision_mm  # noqa: E402  (tools/ on sys.path)
 
 
 def parse_args(argv=None):
@@ -31,27 +30,13 @@ def parse_args(argv=None):
         help='directory where painted images will be saved. If specified, it will be automatically saved to '
         'the work_dir/timestamp/show_dir')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair in xxx=yyy format will be merged '
-        'into config file. If the value to be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" Note that the quotation marks are '
-        'necessary and that no white space is allowed.')
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
+    add_common_args(parser)
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (flip by default)')
-    # torch.distributed.launch passes --local-rank (torch >= 2.0); torchrun sets LOCAL_RANK instead
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    export_local_rank(args)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         parser.error('--out: the dump file must be a .pkl/.pickle file.')
     return args
-
-
 
 
 def default_flip_tta_pipeline(test_pipeline):
@@ -94,12 +79,7 @@ def main(argv=None):
 
     from mmdet.engine.hooks.utils import trigger_visualization_hook
     from mmdet.evaluation import DumpDetResults
-    from mmdet.utils import setup_cache_size_limit_of_dynamo
-
     from queryvision_mm.utils.cli import build_runner, load_tool_config
-
-    # Reduce the number of repeated compilations and improve testing speed.
-    setup_cache_size_limit_of_dynamo()
 
     cfg = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 

@@ -10,11 +10,8 @@ supports ``--launcher pytorch`` on CPU-only machines (gloo, see ``queryvision_mm
     bash tools/dist_train.sh CONFIG NUM_PROCS [...]
 """
 import argparse
-import os
 
-from mmengine.config import DictAction
-
-from _bootstrap import import_queryvision_mm  # noqa: E402  (tools/ is on sys.path)
+from _bootstrap import add_common_args, export_local_rank, import_queryvision_mm  # noqa: E402  (tools/ on sys.path)
 
 
 def parse_args(argv=None):
@@ -30,36 +27,17 @@ def parse_args(argv=None):
         const='auto',
         help='If specify checkpoint path, resume from it, while if not specify, try to auto resume from the '
         'latest checkpoint in the work directory.')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair in xxx=yyy format will be merged '
-        'into config file. If the value to be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" Note that the quotation marks are '
-        'necessary and that no white space is allowed.')
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
-    # torch.distributed.launch passes --local-rank (torch >= 2.0); torchrun sets LOCAL_RANK instead
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_common_args(parser)
     args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    export_local_rank(args)
     return args
-
-
 
 
 def main(argv=None):
     args = parse_args(argv)
     import_queryvision_mm()
 
-    from mmdet.utils import setup_cache_size_limit_of_dynamo
-
     from queryvision_mm.utils.cli import build_runner, load_tool_config
-
-    # Reduce the number of repeated compilations and improve training speed.
-    setup_cache_size_limit_of_dynamo()
 
     cfg = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 

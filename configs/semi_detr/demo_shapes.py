@@ -28,38 +28,20 @@ detector.test_cfg = dict(max_per_img=100)
 
 model = dict(detector=detector, data_preprocessor=dict(data_preprocessor=detector.data_preprocessor))
 
-branch_field = _base_.branch_field
-meta_keys = _base_.meta_keys
-sup_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='RandomChoiceResize', scales=scales, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='RandAugment', aug_space=_base_.color_space, aug_num=1),
-    dict(type='FilterAnnotations', min_gt_bbox_wh=(1e-2, 1e-2)),
-    dict(type='MultiBranch', branch_field=branch_field, sup=dict(type='PackDetInputs', meta_keys=meta_keys)),
-]
-weak_pipeline = [
-    dict(type='RandomChoiceResize', scales=scales, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs', meta_keys=meta_keys),
-]
-strong_pipeline = [
-    dict(type='RandomChoiceResize', scales=scales, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='RandomOrder',
-         transforms=[
-             dict(type='RandAugment', aug_space=_base_.color_space, aug_num=1),
-             dict(type='RandAugment', aug_space=_base_.geometric, aug_num=1),
-         ]),
-    dict(type='RandomErasing', n_patches=(1, 5), ratio=(0, 0.2), squared=True),
-    dict(type='FilterAnnotations', min_gt_bbox_wh=(1e-2, 1e-2)),
-    dict(type='PackDetInputs', meta_keys=meta_keys),
-]
+# the base's pipelines with small scales (RandomChoiceResize is the resize step of each)
+sup_pipeline = _base_.sup_pipeline
+weak_pipeline = _base_.weak_pipeline
+strong_pipeline = _base_.strong_pipeline
+for _pipe, _idx in ((sup_pipeline, 2), (weak_pipeline, 0), (strong_pipeline, 0)):
+    assert _pipe[_idx]['type'] == 'RandomChoiceResize'
+    _pipe[_idx]['scales'] = scales
+del _pipe, _idx
+sup_pipeline[0] = dict(type='LoadImageFromFile')
 unsup_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadEmptyAnnotations'),
-    dict(type='MultiBranch', branch_field=branch_field, unsup_teacher=weak_pipeline, unsup_student=strong_pipeline),
+    dict(type='MultiBranch', branch_field=_base_.branch_field, unsup_teacher=weak_pipeline,
+         unsup_student=strong_pipeline),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),

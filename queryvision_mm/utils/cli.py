@@ -7,7 +7,9 @@ from mmengine.config import Config
 
 def load_tool_config(config: str, cfg_options: Optional[dict], launcher: str, work_dir: Optional[str]) -> Config:
     """Read the config, apply ``--cfg-options`` and the launcher, and resolve the work dir
-    (CLI > config > ``./work_dirs/<config stem>``)."""
+    (CLI > config > ``./work_dirs/<config stem>``). Also limits torch.compile's recompilations as mmdet does."""
+    from mmdet.utils import setup_cache_size_limit_of_dynamo
+    setup_cache_size_limit_of_dynamo()
     cfg = Config.fromfile(config)
     cfg.launcher = launcher
     if cfg_options is not None:

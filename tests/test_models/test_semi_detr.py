@@ -171,13 +171,23 @@ def test_predict_and_stage_buffer_roundtrip(model, tmp_path):
 
 
 def test_pseudo_nms_flag(model):
+    from mmdet.structures.bbox import bbox_overlaps
     confident_teacher(model, 2.0)
+    model.semi_train_cfg.adaptive_pseudo_thr = False
     batch = multi_branch_batch(model)
     inputs, samples = batch['inputs']['unsup_teacher'], batch['data_samples']['unsup_teacher']
     with_nms = model.teacher_pseudo_labels(inputs, copy.deepcopy(samples))
     model.semi_train_cfg.pseudo_nms = False
     without = model.teacher_pseudo_labels(inputs, copy.deepcopy(samples))
-    assert sum(map(len, without)) > sum(map(len, with_nms))
+    cap = model.teacher.bbox_head.nms_cfg['max_per_img']
+    for a, b in zip(with_nms, without):
+        assert len(b) == cap, 'without NMS every (query, class) pair above 0.01 competes for the cap'
+        assert len(a) <= len(b)
+        for c in a.labels.unique():
+            boxes = a.bboxes[a.labels == c]
+            iou = bbox_overlaps(boxes, boxes)
+            iou.fill_diagonal_(0)
+            assert (iou <= 0.6 + 1e-6).all(), 'NMS leaves no same-class pair above IoU 0.6'
 
 
 def test_user_config_inheriting_ours(tmp_path):
