@@ -23,6 +23,7 @@ detector.bbox_head.l1_double_count = True  # §1.2 effective L1 weight 10 (loss_
 detector.bbox_head.o2m_assigner = dict(type='QVO2MAssigner', topk=13, alpha=1.0, beta=6.0)  # §1.5
 detector.bbox_head.loss_cls_o2m = dict(type='QualityFocalLoss', use_sigmoid=True, beta=2.0, loss_weight=2.0)
 detector.bbox_head.nms_cfg = dict(score_thr=0.01, iou_threshold=0.6, max_per_img=300)  # §1.4 / §1.5
+detector.bbox_head.enc_class_agnostic = True  # official head: encoder proposals trained as objectness (label 0)
 
 model = dict(
     _delete_=True,
@@ -39,7 +40,8 @@ model = dict(
         adaptive_pseudo_thr=True,  # §1.4 mean + std
         use_gmm_mining=True,  # §1.4 set B (consistency only)
         consistency_in_o2o=False,  # §1.6 loss weights zeroed after the switch
-        dn_on_pseudo_in_o2m=False),  # §1.5 pseudo DN loss zeroed in the O2M stage
+        dn_on_pseudo_in_o2m=False,  # §1.5 pseudo DN loss zeroed in the O2M stage
+        train_empty_pseudo=True),  # official: no pseudo-label -> all-background targets, still x unsup_weight
     semi_test_cfg=dict(predict_on='student', nms='auto'),  # §1.3 inference_on='student'
     consistency_cfg=dict(  # §1.6
         roi_extractor=dict(

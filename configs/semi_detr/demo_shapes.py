@@ -62,7 +62,7 @@ train_dataloader = dict(
     sampler=dict(type='GroupMultiSourceSampler', batch_size=batch_size, source_ratio=[1, 4]),
     dataset=dict(type='ConcatDataset', datasets=[labeled_dataset, unlabeled_dataset]))
 val_dataloader = dict(
-    batch_size=4,
+    batch_size=1,  # as mmdet's DETR configs: DETR outputs depend on batch padding
     num_workers=2,
     persistent_workers=True,
     dataset=dict(
@@ -77,7 +77,8 @@ optim_wrapper = dict(optimizer=dict(lr=2e-4), paramwise_cfg=dict(custom_keys={'b
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=max_iters)]
 custom_hooks = [
-    dict(type='QVMeanTeacherHook', momentum=0.01, interval=1, skip_buffer=True, ramp=True, warm_up=0),
+    # the demo backbone trains its BatchNorm (from scratch), so the teacher must follow the running statistics too
+    dict(type='QVMeanTeacherHook', momentum=0.01, interval=1, skip_buffer=False, ramp=True, warm_up=0),
     dict(type='QVStageSwitchHook', switch_iter=switch_iter),
 ]
 default_hooks = dict(

@@ -28,7 +28,7 @@ def reference_assign(scores, boxes, gt_boxes, gt_labels, topk, alpha, beta):
         max_iou = max(float(ious[i, j]) for i in pos)
         for i in pos:
             inds[i] = j + 1
-            metric[i] = t[i][j] / (max_t + 1e-12) * max_iou
+            metric[i] = t[i][j] / (max_t + 1e-7) * max_iou  # official epsilon
     return torch.tensor(inds), torch.tensor(metric)
 
 

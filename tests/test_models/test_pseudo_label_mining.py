@@ -22,9 +22,11 @@ def test_gmm_threshold_separates_bimodal_costs():
 
 def test_gmm_threshold_degenerate_inputs():
     assert gmm_cost_threshold(np.array([])) is None
-    assert gmm_cost_threshold(np.array([2.0])) is None
-    assert gmm_cost_threshold(np.array([3.0, 3.0, 3.0])) is None
-    assert gmm_cost_threshold(np.array([np.inf, 1.0])) is None
+    assert gmm_cost_threshold(np.array([np.inf])) is None
+    # one distinct value: everything is kept (the official fit returns that cost)
+    assert gmm_cost_threshold(np.array([2.0])) == 2.0
+    assert gmm_cost_threshold(np.array([3.0, 3.0, 3.0])) == 3.0
+    assert gmm_cost_threshold(np.array([np.inf, 1.0])) == 1.0
 
 
 def test_matched_costs_equals_bruteforce_minimum():

@@ -83,7 +83,7 @@ def test_loss_keys_per_stage(model):
     assert losses['unsup_loss_cls'] > 0
     model.set_stage(False)
     losses = model.loss(batch['inputs'], copy.deepcopy(batch['data_samples']))
-    assert not any('consistency' in k for k in losses), 'consistency is off after the switch'
+    assert all(float(v) == 0 for k, v in losses.items() if 'consistency' in k), 'consistency is off after the switch'
     assert losses['unsup_dn_loss_cls'] > 0
     for v in losses.values():
         assert torch.isfinite(torch.as_tensor(v)).all()
@@ -104,19 +104,69 @@ def test_gradients_reach_projector_never_teacher(model):
         assert torch.equal(v, teacher_before[k]), k
 
 
-def test_unlabeled_batch_without_pseudo_labels(model):
-    """An untrained / unsure teacher gives no pseudo-label at all: finite losses, zero weight."""
+@pytest.mark.parametrize('train_empty', [True, False])
+def test_unlabeled_batch_without_pseudo_labels(model, train_empty):
+    """An untrained / unsure teacher gives no pseudo-label at all: finite losses; the detection terms are
+    all-background targets (official) or zero-weighted (mmdet's convention)."""
     confident_teacher(model, -30.0)
+    model.semi_train_cfg.train_empty_pseudo = train_empty
     batch = multi_branch_batch(model)
     for stage in (True, False):
         model.set_stage(stage)
         losses = model.loss(batch['inputs'], copy.deepcopy(batch['data_samples']))
         assert losses['unsup_num_pseudo'] == 0
-        unsup = [v for k, v in losses.items() if k.startswith('unsup_') and 'loss' in k]
-        assert unsup and all(float(v) == 0 for v in unsup)
+        assert losses['unsup_loss_bbox'] == 0 and losses['unsup_loss_iou'] == 0
+        assert bool(losses['unsup_loss_cls'] > 0) is train_empty
+        if not train_empty:
+            unsup = [v for k, v in losses.items() if k.startswith('unsup_') and 'loss' in k]
+            assert unsup and all(float(v) == 0 for v in unsup)
         total, _ = model.parse_losses(losses)
         assert torch.isfinite(total)
         total.backward()
+
+
+def test_padding_slots_have_zero_content(model):
+    """Consistency slots beyond an image's own boxes carry no content and stay out of the projector batch."""
+    confident_teacher(model, 2.0)
+    model.semi_train_cfg.use_gmm_mining = False
+    model.set_stage(True)
+    batch = multi_branch_batch(model)
+    samples = copy.deepcopy(batch['data_samples'])
+    _, info = model.get_pseudo_instances(batch['inputs']['unsup_teacher'], samples['unsup_teacher'])
+    student = model.project_pseudo_instances(samples['unsup_teacher'], samples['unsup_student'])
+    keep = [torch.arange(5), torch.arange(0)]  # 5 boxes in image 0, none in image 1
+    extra_s, extra_t, w, valid = model._build_consistency_queries(keep, student, info)
+    slots = 5
+    assert extra_s['query'].shape[:2] == (2, slots * model.consistency_groups)
+    q = extra_s['query'].view(2, model.consistency_groups, slots, -1)
+    assert q[0].abs().sum(-1).gt(0).all(), 'real boxes get projected content'
+    assert q[1, :, 1:].abs().sum() == 0, 'padding slots of the empty image are zero'
+    assert valid.view(2, -1, slots)[1, :, 0].all() and not valid.view(2, -1, slots)[1, :, 1:].any()
+    assert w.view(2, -1, slots)[1].sum() == 0, 'the dummy box of an empty image has weight 0'
+    assert torch.equal(extra_t['query'], extra_s['query'].detach())
+
+
+def test_encoder_loss_is_class_agnostic_by_default(model):
+    head = model.student.bbox_head
+    assert head.enc_class_agnostic
+    confident_teacher(model, 2.0)
+    batch = multi_branch_batch(model, n_sup=2)
+    inputs, samples = batch['inputs']['sup'], batch['data_samples']['sup']
+    model.set_stage(False)
+    torch.manual_seed(0)
+    agn = model.student.loss(inputs, copy.deepcopy(samples))
+    head.enc_class_agnostic = False
+    torch.manual_seed(0)
+    aware = model.student.loss(inputs, copy.deepcopy(samples))
+    assert not torch.isclose(agn['enc_loss_cls'], aware['enc_loss_cls'])
+    torch.testing.assert_close(agn['loss_cls'], aware['loss_cls'])  # decoder losses unaffected
+
+
+def test_missing_stage_hook_warns(model):
+    confident_teacher(model, 2.0)
+    batch = multi_branch_batch(model)
+    with pytest.warns(UserWarning, match='QVStageSwitchHook'):
+        model.loss(batch['inputs'], copy.deepcopy(batch['data_samples']))
 
 
 def test_labeled_image_without_boxes(model):
@@ -207,4 +257,8 @@ def test_unknown_semi_train_cfg_key_is_an_error():
     cfg = shrink_semi_detr_cfg(load('coco_10pct'))
     cfg.model.semi_train_cfg['unsup_wieght'] = 2.0
     with pytest.raises(KeyError, match='unsup_wieght'):
+        MODELS.build(cfg.model)
+    cfg.model.semi_train_cfg.pop('unsup_wieght')
+    cfg.model.semi_train_cfg['switch_iter'] = 10
+    with pytest.raises(KeyError, match='QVStageSwitchHook'):
         MODELS.build(cfg.model)

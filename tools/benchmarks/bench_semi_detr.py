@@ -65,7 +65,7 @@ def run_variant(args):
     if args.variant == 'dino_sup':
         det = copy.deepcopy(cfg.model.detector)
         det.type = 'DINO'
-        for k in ('o2m_assigner', 'loss_cls_o2m', 'l1_double_count', 'nms_cfg'):
+        for k in ('o2m_assigner', 'loss_cls_o2m', 'l1_double_count', 'nms_cfg', 'enc_class_agnostic'):
             det.bbox_head.pop(k, None)
         det.bbox_head.type = 'DINOHead'
         model = MODELS.build(det).to(dev)

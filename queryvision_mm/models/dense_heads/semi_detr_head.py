@@ -36,6 +36,9 @@ class QVSemiDETRHead(DINOHead):
             unchanged. Defaults to True (faithful).
         nms_cfg (dict): Class-wise NMS used in the one-to-many stage and for pseudo-labels:
             ``score_thr``, ``iou_threshold``, ``max_per_img``.
+        enc_class_agnostic (bool): Train the encoder (two-stage proposal) outputs with every target labelled
+            as class 0, i.e. as objectness, as the official Semi-DETR head does; False keeps mmdet DINO's
+            class-aware encoder loss. Defaults to True (faithful).
     """
 
     def __init__(self,
@@ -45,8 +48,10 @@ class QVSemiDETRHead(DINOHead):
                      type='QualityFocalLoss', use_sigmoid=True, beta=2.0, loss_weight=2.0),
                  l1_double_count: bool = True,
                  nms_cfg: ConfigType = dict(score_thr=0.01, iou_threshold=0.6, max_per_img=300),
+                 enc_class_agnostic: bool = True,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.enc_class_agnostic = enc_class_agnostic
         self.o2m_assigner = TASK_UTILS.build(o2m_assigner)
         self.loss_cls_o2m = MODELS.build(loss_cls_o2m)
         self.l1_double_count = l1_double_count
@@ -62,6 +67,21 @@ class QVSemiDETRHead(DINOHead):
         self.use_nms = self.one_to_many if use_nms is None else bool(use_nms)
 
     # ------------------------------------------------------------------ training
+    def loss_by_feat(self, all_layers_cls_scores: Tensor, all_layers_bbox_preds: Tensor, enc_cls_scores: Tensor,
+                     enc_bbox_preds: Tensor, batch_gt_instances: InstanceList, batch_img_metas: List[dict],
+                     dn_meta: dict, batch_gt_instances_ignore=None) -> dict:
+        """:meth:`DINOHead.loss_by_feat`, with the encoder loss optionally class-agnostic."""
+        agnostic = self.enc_class_agnostic and enc_cls_scores is not None
+        losses = super().loss_by_feat(all_layers_cls_scores, all_layers_bbox_preds,
+                                      None if agnostic else enc_cls_scores, enc_bbox_preds, batch_gt_instances,
+                                      batch_img_metas, dn_meta, batch_gt_instances_ignore)
+        if agnostic:
+            objectness = [InstanceData(bboxes=g.bboxes, labels=torch.zeros_like(g.labels)) for g in batch_gt_instances]
+            loss_cls, loss_bbox, loss_iou = self.loss_by_feat_single(enc_cls_scores, enc_bbox_preds, objectness,
+                                                                     batch_img_metas)
+            losses.update(enc_loss_cls=loss_cls, enc_loss_bbox=loss_bbox, enc_loss_iou=loss_iou)
+        return losses
+
     @staticmethod
     def split_outputs(all_layers_cls_scores: Tensor, all_layers_bbox_preds: Tensor,
                       dn_meta: dict) -> Tuple[Tensor]:

@@ -1,5 +1,6 @@
 """Semi-DETR (CVPR 2023) as an mmdet 3.3 semi-supervised detector."""
 import copy
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -29,6 +30,7 @@ DEFAULT_SEMI_TRAIN_CFG = dict(
     use_gmm_mining=True,  # set B (consistency only) = {GMM low-cost} U set A
     consistency_in_o2o=False,  # official: consistency loss only in the one-to-many stage
     dn_on_pseudo_in_o2m=False,  # official: denoising loss on pseudo-labels is zero in stage one
+    train_empty_pseudo=True,  # official: a batch without set-A pseudo-labels trains all-background targets
 )
 
 
@@ -54,8 +56,9 @@ class QVSemiDETR(SemiBaseDetector):
     4. student on the strong view with ``[consistency | CDN(set A) | matching]``; teacher decodes
        ``[consistency | matching]`` again from its cached encoder output; consistency loss
        ``loss_weight * mean((n(h_s) - sg(n(h_t)))^2 * w)`` per decoder layer (n = L2 normalise);
-    5. all unsupervised losses x ``unsup_weight`` (0 for the detection terms when no image of the
-       batch has a set-A pseudo-label, as mmdet's SemiBaseDetector does).
+    5. all unsupervised losses x ``unsup_weight``; a batch without any set-A pseudo-label trains
+       all-background targets (official; ``train_empty_pseudo=False`` gives mmdet's SemiBaseDetector
+       convention of weight 0 instead).
 
     The matching stage is kept in a persistent buffer (``one_to_many_stage``), set by
     :class:`QVStageSwitchHook` from the iteration, so checkpoints, resume and ``tools/test.py``
@@ -81,10 +84,10 @@ class QVSemiDETR(SemiBaseDetector):
         self.student = MODELS.build(copy.deepcopy(detector))
         self.teacher = MODELS.build(copy.deepcopy(detector))
         cfg = copy.deepcopy(DEFAULT_SEMI_TRAIN_CFG)
-        unknown = set(semi_train_cfg or {}) - set(cfg) - {'switch_iter'}
+        unknown = set(semi_train_cfg or {}) - set(cfg)
         if unknown:
-            raise KeyError(f'QVSemiDETR: unknown semi_train_cfg keys {sorted(unknown)}; '
-                           f'known: {sorted(cfg)}')
+            raise KeyError(f'QVSemiDETR: unknown semi_train_cfg keys {sorted(unknown)}; known: {sorted(cfg)} '
+                           '(the switch iteration belongs to QVStageSwitchHook in custom_hooks)')
         cfg.update(semi_train_cfg or {})
         self.semi_train_cfg = ConfigDict(cfg)
         self.semi_test_cfg = ConfigDict(dict(predict_on='student', nms='auto'))
@@ -102,6 +105,7 @@ class QVSemiDETR(SemiBaseDetector):
             if consistency_cfg:
                 raise KeyError(f'QVSemiDETR: unknown consistency_cfg keys {sorted(consistency_cfg)}')
         self.register_buffer('one_to_many_stage', torch.ones((), dtype=torch.bool))
+        self._stage_was_set = False
         self._sync_stage()
 
     # ------------------------------------------------------------------ stage handling
@@ -112,6 +116,7 @@ class QVSemiDETR(SemiBaseDetector):
     def set_stage(self, one_to_many: bool) -> None:
         """Select the matching stage (called by :class:`QVStageSwitchHook` before every iteration)."""
         self.one_to_many_stage.fill_(bool(one_to_many))
+        self._stage_was_set = True
         self._sync_stage()
 
     def _sync_stage(self) -> None:
@@ -122,6 +127,10 @@ class QVSemiDETR(SemiBaseDetector):
 
     # ------------------------------------------------------------------ training
     def loss(self, multi_batch_inputs: Dict[str, Tensor], multi_batch_data_samples: Dict[str, SampleList]) -> dict:
+        if not self._stage_was_set:
+            warnings.warn('QVSemiDETR: no QVStageSwitchHook has set the matching stage; training stays in the '
+                          'one-to-many stage. Add dict(type="QVStageSwitchHook", switch_iter=...) to custom_hooks.')
+            self._stage_was_set = True
         self._sync_stage()
         return super().loss(multi_batch_inputs, multi_batch_data_samples)
 
@@ -143,8 +152,11 @@ class QVSemiDETR(SemiBaseDetector):
             wh = res.bboxes[:, 2:] - res.bboxes[:, :2]
             keep = (wh > 0).all(dim=1)
             if self.semi_train_cfg.adaptive_pseudo_thr and len(res) > 0:
-                thr = res.scores.mean() + res.scores.std(unbiased=False)
-                keep &= res.scores >= thr
+                # official: torch.std (unbiased); a lone candidate gives NaN and is dropped, as there
+                if len(res) > 1:
+                    keep &= res.scores >= res.scores.mean() + res.scores.std()
+                else:
+                    keep &= False
             res = res[keep]
             res.pseudo_ids = torch.arange(len(res), device=res.bboxes.device)
             out.append(res)
@@ -206,7 +218,7 @@ class QVSemiDETR(SemiBaseDetector):
         head_in.pop('extra_references', None)
         losses = student.bbox_head.loss(**head_in, batch_data_samples=samples_a)
         unsup_weight = cfg.unsup_weight
-        losses = reweight_loss_dict(losses, unsup_weight if num_a > 0 else 0.)
+        losses = reweight_loss_dict(losses, unsup_weight if (num_a > 0 or cfg.train_empty_pseudo) else 0.)
 
         if use_consistency:
             with torch.no_grad():
@@ -215,6 +227,11 @@ class QVSemiDETR(SemiBaseDetector):
                     encoder_outputs=batch_info['encoder_outputs'])
             cons = self.consistency_loss(extra_hidden, t_in['extra_hidden_states'], slot_w, slot_valid)
             losses.update(reweight_loss_dict(cons, unsup_weight))
+        elif self.with_consistency:  # switched off: log zeros instead of leaving mmengine's last value on screen
+            zero = feats[0].new_zeros(())
+            num_layers = student.decoder.num_layers
+            losses.update({('loss_consistency' if i == num_layers - 1 else f'd{i}.loss_consistency'): zero
+                           for i in range(num_layers)})
         losses['num_pseudo'] = extra_hidden.new_tensor(num_a / max(len(samples_a), 1)) if extra_hidden is not None \
             else feats[0].new_tensor(num_a / max(len(samples_a), 1))
         return rename_loss_dict('unsup_', losses)
@@ -271,10 +288,15 @@ class QVSemiDETR(SemiBaseDetector):
             v[:max(n, 1)] = True  # padding is excluded; one dummy per empty image is kept (weight 0)
             weights.append(w)
             valid.append(v)
-        rois = bbox2roi(t_boxes)
+        valid_all = torch.stack(valid)
+        # only real boxes (and one dummy per empty image) are projected; padding slots get zero content,
+        # so they neither enter the projector's BatchNorm statistics nor carry features (official)
+        rois = bbox2roi([tb[v] for tb, v in zip(t_boxes, valid)])
         num_levels = self.roi_extractor.num_inputs
         roi_feats = self.roi_extractor(tuple(batch_info['feats'][:num_levels]), rois)
-        content = self.projector(roi_feats).view(len(set_b), slots, -1)
+        projected = self.projector(roi_feats)
+        content = projected.new_zeros((len(set_b), slots, projected.size(-1)))
+        content[valid_all] = projected
 
         def norm_unact(boxes, metas):
             out = []
@@ -288,7 +310,7 @@ class QVSemiDETR(SemiBaseDetector):
         query = content.repeat(1, groups, 1)
         extra_s = dict(query=query, reference_unact=s_ref, num_groups=groups)
         extra_t = dict(query=query.detach(), reference_unact=t_ref, num_groups=groups)
-        return extra_s, extra_t, torch.stack(weights).repeat(1, groups), torch.stack(valid).repeat(1, groups)
+        return extra_s, extra_t, torch.stack(weights).repeat(1, groups), valid_all.repeat(1, groups)
 
     def consistency_loss(self, student_hidden: Tensor, teacher_hidden: Tensor, weights: Tensor,
                          valid: Tensor) -> Dict[str, Tensor]:

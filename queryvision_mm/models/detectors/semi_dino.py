@@ -4,9 +4,11 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from mmengine.structures import InstanceData
+
 from mmdet.models.detectors import DINO
 from mmdet.registry import MODELS
-from mmdet.structures import OptSampleList
+from mmdet.structures import DetDataSample, OptSampleList
 
 from ..layers.consistency_queries import build_extra_query_attn_mask
 
@@ -64,6 +66,9 @@ class QVSemiDINO(DINO):
                     batch_data_samples: OptSampleList = None,
                     extra_queries: Optional[dict] = None,
                     with_dn: Optional[bool] = None) -> Tuple[Dict]:
+        if self.training and with_dn is False and batch_data_samples is not None:
+            # no denoising queries: give the query generator no targets instead of building and dropping them
+            batch_data_samples = [_without_targets(s) for s in batch_data_samples]
         decoder_inputs_dict, head_inputs_dict = super().pre_decoder(
             memory, memory_mask, spatial_shapes, batch_data_samples=batch_data_samples)
         dn_mask = decoder_inputs_dict['dn_mask']
@@ -83,3 +88,8 @@ class QVSemiDINO(DINO):
             decoder_inputs_dict['dn_mask'] = build_extra_query_attn_mask(
                 num_groups, query.size(1) // num_groups, self.num_queries, dn_mask=dn_mask, device=query.device)
         return decoder_inputs_dict, head_inputs_dict
+
+
+def _without_targets(sample: DetDataSample) -> DetDataSample:
+    gt = sample.gt_instances
+    return DetDataSample(metainfo=sample.metainfo, gt_instances=InstanceData(bboxes=gt.bboxes[:0], labels=gt.labels[:0]))

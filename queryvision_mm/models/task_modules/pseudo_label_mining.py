@@ -40,14 +40,17 @@ def gmm_cost_threshold(costs: np.ndarray, seed: int = 0) -> Optional[float]:
     log-likelihood among those assigned to component 0 (the low-cost one); component 1 if 0 is empty.
 
     Returns:
-        float or None: the threshold, or None when fewer than two finite costs exist (no mining).
+        float or None: the threshold; None without any finite cost. With one distinct value (a single
+        cost, or all equal) every cost is kept, as the official fit does.
     """
     from sklearn.mixture import GaussianMixture
 
     costs = np.asarray(costs, dtype=np.float64).reshape(-1)
     costs = costs[np.isfinite(costs)]
-    if costs.size < 2 or np.ptp(costs) == 0:
+    if costs.size == 0:
         return None
+    if costs.size == 1 or np.ptp(costs) == 0:
+        return float(costs.max())
     gmm = GaussianMixture(
         n_components=2,
         covariance_type='diag',

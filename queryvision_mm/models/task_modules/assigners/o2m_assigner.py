@@ -24,17 +24,21 @@ class QVO2MAssigner(BaseAssigner):
     (with :math:`t > 0`); a prediction chosen by several ground truths goes to the one it overlaps
     most. The soft target of each positive is :math:`\hat t_{ij} = t_{ij} / \max_{i'} t_{i'j}
     \cdot \max_{i'} \mathrm{IoU}_{i'j}` over that ground truth's positives (TOOD-style
-    normalisation), stored as the ``assign_metrics`` extra property of the result.
+    normalisation with ``eps`` added to the maximum), stored as the ``assign_metrics`` extra property of the result.
 
     Args:
         topk (int): Positives per ground truth. 13 in the official code.
         alpha (float): Exponent of the classification score. Defaults to 1.
         beta (float): Exponent of the IoU. Defaults to 6.
-        iou_calculator (str): Overlap mode, ``'iou'`` or ``'giou'`` (clamped at 0). Defaults to 'iou'.
+        iou_mode (str): Overlap mode, ``'iou'`` or ``'giou'`` (clamped at 0). Defaults to 'iou'.
+        eps (float): Added to the per-GT maximum alignment in the normalisation (official: 1e-7; it
+            matters early in training, when ``IoU^6`` makes every alignment tiny).
     """
 
-    def __init__(self, topk: int = 13, alpha: float = 1.0, beta: float = 6.0, iou_mode: str = 'iou') -> None:
+    def __init__(self, topk: int = 13, alpha: float = 1.0, beta: float = 6.0, iou_mode: str = 'iou',
+                 eps: float = 1e-7) -> None:
         assert topk >= 1, f'topk must be >= 1, got {topk}'
+        self.eps = eps
         self.topk = int(topk)
         self.alpha = alpha
         self.beta = beta
@@ -95,7 +99,7 @@ class QVO2MAssigner(BaseAssigner):
             ious_kept = torch.where(keep, ious, ious.new_zeros(()))
             max_align = align_kept.max(dim=0).values  # (G,)
             max_iou = ious_kept.max(dim=0).values
-            norm = align_kept / (max_align[None] + 1e-12) * max_iou[None]
+            norm = align_kept / (max_align[None] + self.eps) * max_iou[None]
 
             assigned_gt_inds[pos_mask] = best_gt[pos_mask] + 1
             assigned_labels[pos_mask] = gt_labels[best_gt[pos_mask]]
