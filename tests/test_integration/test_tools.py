@@ -124,6 +124,9 @@ def _deterministic(cfg, batch_size, record_dir):
     # mmdet asserts noise scales > 0; 1e-8 makes the DN queries deterministic in effect
     det.dn_cfg.update(label_noise_scale=1e-8, box_noise_scale=1e-8, group_cfg=dict(dynamic=False, num_groups=2))
     det.bbox_head.sync_cls_avg_factor = True
+    # all-background targets (no positives anywhere) clamp DETR's normaliser to 1 on every rank, which makes that
+    # term a per-rank sum rather than a global mean: the split dependence is DETR's loss definition, not a bug
+    cfg.model.semi_train_cfg.train_empty_pseudo = False
     cfg.optim_wrapper.optimizer = dict(type='SGD', lr=0.01, momentum=0.0)
     cfg.default_hooks.checkpoint.interval = 1
     cfg.default_hooks.checkpoint.max_keep_ckpts = 5
