@@ -209,3 +209,31 @@ def test_unreadable_image_names_the_file(tiny_demo_data, tmp_path):
     with pytest.raises(Exception, match=re.escape(osp.basename(bad))):
         for i in range(len(ds)):
             ds[i]
+
+
+def test_dist_test_matches_single_process_and_visualization(tiny_demo_data, tmp_path):
+    """tools/dist_test.sh CONFIG CKPT 2 (gloo) gives the same COCO AP as tools/test.py (one image per batch, so that
+    batch padding is the same), and the pseudo-label picture tool writes a PNG."""
+    cfg = make_cfg(tmp_path, tiny_demo_data, max_iters=2, switch_iter=1)
+    work = str(tmp_path / 'work')
+    proc, out = run([PY, 'tools/train.py', cfg, '--work-dir', work])
+    assert proc.returncode == 0, out[-4000:]
+    ckpt = osp.join(work, 'iter_2.pth')
+    opts = ['--cfg-options', 'test_dataloader.batch_size=1']
+    proc, single = run([PY, 'tools/test.py', cfg, ckpt, '--work-dir', str(tmp_path / 't1')] + opts)
+    assert proc.returncode == 0, single[-4000:]
+    proc = subprocess.run(['bash', 'tools/dist_test.sh', cfg, ckpt, '2', '--work-dir', str(tmp_path / 't2')] + opts,
+                          cwd=REPO, env={**_env(), 'PORT': str(_free_port())}, capture_output=True, text=True,
+                          timeout=600)
+    dist = proc.stdout + proc.stderr
+    assert proc.returncode == 0, dist[-4000:]
+    pattern = r'bbox_mAP_copypaste: ([-0-9. ]+)'
+    assert re.findall(pattern, single)[-1] == re.findall(pattern, dist)[-1]
+
+    png = str(tmp_path / 'pseudo.png')
+    proc, out = run([PY, 'tools/misc/visualize_pseudo_labels.py', cfg, ckpt, '--out', png, '--num-images', '2'])
+    assert proc.returncode == 0, out[-4000:]
+    from PIL import Image
+    with Image.open(png) as im:
+        w, h = im.size
+    assert w > 400 and h > 300
