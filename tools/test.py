@@ -79,7 +79,7 @@ def main(argv=None):
 
     from mmdet.engine.hooks.utils import trigger_visualization_hook
     from mmdet.evaluation import DumpDetResults
-    from queryvision_mm.utils.cli import build_runner, load_tool_config
+    from queryvision_mm.utils.cli import build_runner, load_tool_config, shutdown_distributed
 
     cfg = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 
@@ -99,6 +99,7 @@ def main(argv=None):
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
 
     runner.test()
+    shutdown_distributed()
 
 
 if __name__ == '__main__':

@@ -37,7 +37,7 @@ def main(argv=None):
     args = parse_args(argv)
     import_queryvision_mm()
 
-    from queryvision_mm.utils.cli import build_runner, load_tool_config
+    from queryvision_mm.utils.cli import build_runner, load_tool_config, shutdown_distributed
 
     cfg = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 
@@ -64,6 +64,7 @@ def main(argv=None):
     # the config's `randomness` (seed, deterministic) is used as is
     runner = build_runner(cfg)
     runner.train()
+    shutdown_distributed()
 
 
 if __name__ == '__main__':

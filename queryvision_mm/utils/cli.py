@@ -30,3 +30,12 @@ def build_runner(cfg: Config):
     from .dist import setup_cpu_distributed
     setup_cpu_distributed(cfg, cfg.launcher)
     return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group at the end of a tool run. mmengine leaves it to interpreter exit, where
+    gloo's threads can abort a rank ("terminate called without an active exception") after the work is done."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
