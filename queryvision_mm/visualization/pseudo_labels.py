@@ -73,12 +73,12 @@ def run_pseudo_label_visualization(model, dataset, out_file: str, num_images: in
     classes = dataset.metainfo['classes']
     images, pseudo, preds, titles = [], [], [], []
     for idx in range(min(num_images, len(dataset))):
-        data = model.data_preprocessor(dict(inputs=[dataset[idx]['inputs']],
-                                            data_samples=[dataset[idx]['data_samples']]), False)
+        item = dataset[idx]
+        data = model.data_preprocessor(dict(inputs=[item['inputs']], data_samples=[item['data_samples']]), False)
         inputs, samples = data['inputs'], data['data_samples']
         ps = model.teacher_pseudo_labels(inputs, samples)[0]
         pr = model.student.predict(inputs, samples, rescale=False)[0].pred_instances
-        raw = dataset[idx]['inputs']  # uint8 (3, H, W), BGR as loaded
+        raw = item['inputs']  # uint8 (3, H, W), BGR as loaded
         img = raw.permute(1, 2, 0).numpy()[..., ::-1]
         images.append(np.ascontiguousarray(img))
         pseudo.append(ps)

@@ -167,6 +167,14 @@ def test_missing_stage_hook_warns(model):
     batch = multi_branch_batch(model)
     with pytest.warns(UserWarning, match='QVStageSwitchHook'):
         model.loss(batch['inputs'], copy.deepcopy(batch['data_samples']))
+    # once the hook has set the stage there is nothing to warn about
+    fresh = MODELS.build(shrink_semi_detr_cfg(load('coco_10pct')).model)
+    fresh.set_stage(True)
+    import warnings
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter('always')
+        fresh.loss(batch['inputs'], copy.deepcopy(batch['data_samples']))
+    assert not any('QVStageSwitchHook' in str(w.message) for w in record)
 
 
 def test_labeled_image_without_boxes(model):

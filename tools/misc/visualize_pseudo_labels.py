@@ -10,11 +10,10 @@ import copy
 import os.path as osp
 import sys
 
-try:
-    import queryvision_mm  # noqa: F401
-except ImportError:  # running from a source checkout without installation
-    sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
-    import queryvision_mm  # noqa: F401
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/
+from _bootstrap import import_queryvision_mm  # noqa: E402
+
+import_queryvision_mm()
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import load_checkpoint

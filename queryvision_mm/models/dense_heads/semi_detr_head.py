@@ -2,11 +2,11 @@
 from typing import List, Tuple
 
 import torch
-from mmcv.ops import batched_nms
 from mmengine.structures import InstanceData
 from torch import Tensor
 
 from mmdet.models.dense_heads import DINOHead
+from mmdet.models.layers import multiclass_nms
 from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
 from mmdet.utils import ConfigType, InstanceList, reduce_mean
@@ -163,27 +163,17 @@ class QVSemiDETRHead(DINOHead):
 
     def nms_predict_single(self, cls_score: Tensor, bbox_pred: Tensor, img_meta: dict, score_thr: float = 0.01,
                            iou_threshold: float = 0.6, max_per_img: int = 300) -> InstanceData:
-        """Class-wise NMS over all (query, class) pairs, boxes in the network input frame (no rescale)."""
+        """Class-wise NMS over all (query, class) pairs (mmdet's ``multiclass_nms``), boxes in the network input
+        frame (no rescale)."""
         img_h, img_w = img_meta['img_shape']
         scores = cls_score.sigmoid()
         boxes = bbox_cxcywh_to_xyxy(bbox_pred) * bbox_pred.new_tensor([img_w, img_h, img_w, img_h])
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, img_w)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, img_h)
-        q_idx, labels = torch.nonzero(scores > score_thr, as_tuple=True)
-        cand_scores = scores[q_idx, labels]
-        cand_boxes = boxes[q_idx]
-        results = InstanceData()
-        if cand_scores.numel() == 0:
-            results.bboxes = boxes.new_zeros((0, 4))
-            results.scores = scores.new_zeros((0, ))
-            results.labels = labels.new_zeros((0, ))
-            return results
-        dets, keep = batched_nms(cand_boxes, cand_scores, labels, dict(type='nms', iou_threshold=iou_threshold))
-        keep = keep[:max_per_img]
-        results.bboxes = cand_boxes[keep]
-        results.scores = cand_scores[keep]
-        results.labels = labels[keep]
-        return results
+        with_bg = torch.cat([scores, scores.new_zeros((scores.size(0), 1))], dim=1)  # multiclass_nms drops the last
+        dets, labels = multiclass_nms(boxes, with_bg, score_thr, dict(type='nms', iou_threshold=iou_threshold),
+                                      max_num=max_per_img)
+        return InstanceData(bboxes=dets[:, :4], scores=dets[:, 4], labels=labels)
 
     @torch.no_grad()
     def predict_pseudo(self, hidden_states: Tensor, references: List[Tensor], batch_img_metas: List[dict],

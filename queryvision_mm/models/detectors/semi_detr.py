@@ -232,8 +232,7 @@ class QVSemiDETR(SemiBaseDetector):
             num_layers = student.decoder.num_layers
             losses.update({('loss_consistency' if i == num_layers - 1 else f'd{i}.loss_consistency'): zero
                            for i in range(num_layers)})
-        losses['num_pseudo'] = extra_hidden.new_tensor(num_a / max(len(samples_a), 1)) if extra_hidden is not None \
-            else feats[0].new_tensor(num_a / max(len(samples_a), 1))
+        losses['num_pseudo'] = feats[0].new_tensor(num_a / max(len(samples_a), 1))
         return rename_loss_dict('unsup_', losses)
 
     @torch.no_grad()
