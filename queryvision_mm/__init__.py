@@ -6,6 +6,6 @@ registers every module into mmdet's registries (scope ``mmdet``); configs load i
 """
 from .version import __version__  # noqa: F401
 from .utils import setup_safe_checkpoint_loading  # noqa: F401  (applies the shim on import)
-from . import datasets, engine, models, visualization  # noqa: F401,E402
+from . import datasets, engine, evaluation, models, visualization  # noqa: F401,E402
 
 __all__ = ['__version__', 'setup_safe_checkpoint_loading']

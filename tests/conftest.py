@@ -64,7 +64,8 @@ def shrink_semi_detr_cfg(cfg, data_root=None, num_queries=30, scale=(160, 112), 
     det.dn_cfg.group_cfg = dict(dynamic=True, num_groups=None, num_dn_queries=10)
     det.bbox_head.nms_cfg = dict(score_thr=0.01, iou_threshold=0.6, max_per_img=num_queries)
     det.test_cfg = dict(max_per_img=num_queries)
-    cfg.model.consistency_cfg.projector.hidden_dims = 64
+    if cfg.model.get('consistency_cfg') and 'projector' in cfg.model.consistency_cfg:
+        cfg.model.consistency_cfg.projector.hidden_dims = 64
     if data_root is not None:
         scales = [scale]
 
@@ -87,7 +88,9 @@ def shrink_semi_detr_cfg(cfg, data_root=None, num_queries=30, scale=(160, 112), 
             loader.num_workers = num_workers
             loader.persistent_workers = False
             loader.batch_size = 2
-        cfg.val_evaluator.ann_file = osp.join(data_root, 'annotations/instances_val.json')
+        for metric in cfg.val_evaluator:
+            if metric['type'] == 'CocoMetric':
+                metric.ann_file = osp.join(data_root, 'annotations/instances_val.json')
         cfg.test_evaluator = copy.deepcopy(cfg.val_evaluator)
         cfg.train_dataloader.num_workers = num_workers
         cfg.train_dataloader.persistent_workers = False

@@ -143,6 +143,16 @@ train_dataloader = dict(
     sampler=dict(type='GroupMultiSourceSampler', batch_size=batch_size, source_ratio=source_ratio),
     dataset=dict(type='ConcatDataset', datasets=[labeled_dataset, unlabeled_dataset]))
 
+# ---------------------------------------------------------------- evaluation
+# COCO AP (with AP_small/medium/large) plus the duplicate rate: same-class predictions with IoU > 0.7, both
+# scored >= 0.3, per image (checks the "fewer duplicates" claim of NMS-free training). Child configs change the
+# annotation file with ``coco_metric.ann_file = ...; val_evaluator = [coco_metric, dup_metric]``.
+coco_metric = dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val2017.json', metric='bbox',
+                   format_only=False, backend_args=backend_args)
+dup_metric = dict(type='QVDuplicateRateMetric', score_thr=0.3, iou_thr=0.7)
+val_evaluator = [coco_metric, dup_metric]
+test_evaluator = val_evaluator
+
 # ---------------------------------------------------------------- schedule (§1.8)
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters, val_interval=val_interval)
 val_cfg = dict(_delete_=True, type='TeacherStudentValLoop')

@@ -69,7 +69,9 @@ val_dataloader = dict(
         type='CocoDataset', data_root=data_root, metainfo=metainfo, ann_file='annotations/instances_val.json',
         data_prefix=dict(img='images/'), test_mode=True, pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+coco_metric = _base_.coco_metric
+coco_metric.ann_file = data_root + 'annotations/instances_val.json'
+val_evaluator = [coco_metric, _base_.dup_metric]
 test_evaluator = val_evaluator
 
 # the backbone is trained from scratch here (no download), so it gets the full learning rate

@@ -24,7 +24,9 @@ val_dataloader = dict(
     dataset=dict(
         data_root=data_root, metainfo=metainfo, ann_file='annotations/voc07_test.json', data_prefix=dict(img='')))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/voc07_test.json')
+coco_metric = _base_.coco_metric
+coco_metric.ann_file = data_root + 'annotations/voc07_test.json'
+val_evaluator = [coco_metric, _base_.dup_metric]
 test_evaluator = val_evaluator
 train_cfg = dict(max_iters=max_iters)
 param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=max_iters)]

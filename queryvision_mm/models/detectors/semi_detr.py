@@ -98,8 +98,13 @@ class QVSemiDETR(SemiBaseDetector):
         self.with_consistency = consistency_cfg is not None
         if self.with_consistency:
             consistency_cfg = copy.deepcopy(dict(consistency_cfg))
-            self.roi_extractor = MODELS.build(consistency_cfg.pop('roi_extractor'))
-            self.projector = MODELS.build(consistency_cfg.pop('projector'))
+            # subclasses that make their own content (Sparse Semi-DETR's QRM) leave these out
+            roi_extractor = consistency_cfg.pop('roi_extractor', None)
+            projector = consistency_cfg.pop('projector', None)
+            if roi_extractor is not None:
+                self.roi_extractor = MODELS.build(roi_extractor)
+            if projector is not None:
+                self.projector = MODELS.build(projector)
             self.consistency_groups = int(consistency_cfg.pop('num_groups', 5))
             self.consistency_weight = float(consistency_cfg.pop('loss_weight', 10.0))
             if consistency_cfg:
@@ -146,7 +151,7 @@ class QVSemiDETR(SemiBaseDetector):
         head_in = teacher.forward_transformer(feats, batch_data_samples, return_encoder_outputs=True)
         metas = [s.metainfo for s in batch_data_samples]
         results = teacher.bbox_head.predict_pseudo(
-            head_in['hidden_states'], head_in['references'], metas, nms=self.semi_train_cfg.pseudo_nms)
+            head_in['hidden_states'], head_in['references'], metas, nms=self._use_pseudo_nms())
         out = []
         for res in results:
             wh = res.bboxes[:, 2:] - res.bboxes[:, :2]
@@ -157,12 +162,20 @@ class QVSemiDETR(SemiBaseDetector):
                     keep &= res.scores >= res.scores.mean() + res.scores.std()
                 else:
                     keep &= False
-            res = res[keep]
+            res = self._postprocess_candidates(res[keep])
             res.pseudo_ids = torch.arange(len(res), device=res.bboxes.device)
             out.append(res)
         if return_teacher_outputs:
             return out, feats, head_in['encoder_outputs']
         return out
+
+    def _use_pseudo_nms(self) -> bool:
+        """Whether teacher candidates go through class-wise NMS (``pseudo_nms``; subclasses may decide per stage)."""
+        return bool(self.semi_train_cfg.pseudo_nms)
+
+    def _postprocess_candidates(self, candidates: InstanceData) -> InstanceData:
+        """Hook for subclasses: last filter over one image's teacher candidates (identity here)."""
+        return candidates
 
     @torch.no_grad()
     def get_pseudo_instances(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Tuple[SampleList, dict]:
@@ -208,6 +221,7 @@ class QVSemiDETR(SemiBaseDetector):
         encoder_outputs = student.forward_encoder(**enc_in)
         extra_s = extra_t = None
         if use_consistency:
+            batch_info['student_feats'] = feats
             set_b = self._consistency_set(student, feats, encoder_outputs, batch_data_samples)
             extra_s, extra_t, slot_w, slot_valid = self._build_consistency_queries(
                 set_b, batch_data_samples, batch_info)
@@ -233,6 +247,8 @@ class QVSemiDETR(SemiBaseDetector):
             losses.update({('loss_consistency' if i == num_layers - 1 else f'd{i}.loss_consistency'): zero
                            for i in range(num_layers)})
         losses['num_pseudo'] = feats[0].new_tensor(num_a / max(len(samples_a), 1))
+        # decoder input length of the extra (consistency / refined) block, logged for the query-count comparison
+        losses['num_extra_queries'] = feats[0].new_tensor(float(extra_s['query'].size(1)) if use_consistency else 0.)
         return rename_loss_dict('unsup_', losses)
 
     @torch.no_grad()
@@ -261,55 +277,68 @@ class QVSemiDETR(SemiBaseDetector):
             set_b.append(torch.nonzero(keep).flatten())
         return set_b
 
-    def _build_consistency_queries(self, set_b: List[Tensor], student_samples: SampleList, batch_info: dict):
-        """Content (projector over teacher weak-view RoI features) and positions for both views."""
-        groups = self.consistency_groups
-        weak_boxes, weak_metas = batch_info['weak_boxes'], batch_info['weak_metas']
-        counts = [int(idx.numel()) for idx in set_b]
-        slots = max(max(counts, default=0), 1)
-        dev = batch_info['feats'][0].device
-        s_boxes, t_boxes, weights, valid = [], [], [], []
-        for idx, sample, wb, wm in zip(set_b, student_samples, weak_boxes, weak_metas):
+    def _consistency_boxes(self, set_b: List[Tensor], student_samples: SampleList, batch_info: dict) -> List[dict]:
+        """Per image: the set-B boxes in the student (strong) and teacher (weak) frames, xyxy in pixels.
+
+        An image without any box gets one dummy box ``[w/4, h/4, 3w/4, 3h/4]`` (loss weight 0, official), so
+        every image has ``num_real + (num_real == 0)`` rows. Returns dicts with ``student``, ``teacher``,
+        ``num_real``, ``student_shape`` and ``teacher_shape``.
+        """
+        out = []
+        for idx, sample, wb, wm in zip(set_b, student_samples, batch_info['weak_boxes'], batch_info['weak_metas']):
             inst = sample.gt_instances[idx]
-            sb = inst.bboxes
-            tb = wb[inst.pseudo_ids]
-            n = sb.size(0)
-            pad = slots - n
+            sb, tb = inst.bboxes, wb[inst.pseudo_ids]
             sh, sw = sample.metainfo['img_shape']
             th, tw = wm['img_shape']
-            s_dummy = sb.new_tensor([sw / 4, sh / 4, 3 * sw / 4, 3 * sh / 4]).expand(pad, 4)
-            t_dummy = tb.new_tensor([tw / 4, th / 4, 3 * tw / 4, 3 * th / 4]).expand(pad, 4)
-            s_boxes.append(torch.cat([sb, s_dummy]))
-            t_boxes.append(torch.cat([tb, t_dummy]))
+            n = sb.size(0)
+            if n == 0:
+                sb = sb.new_tensor([[sw / 4, sh / 4, 3 * sw / 4, 3 * sh / 4]])
+                tb = tb.new_tensor([[tw / 4, th / 4, 3 * tw / 4, 3 * th / 4]])
+            out.append(dict(student=sb, teacher=tb, num_real=n, student_shape=(sh, sw), teacher_shape=(th, tw)))
+        return out
+
+    def _pack_extra_queries(self, boxes: List[dict], contents: List[Tensor], groups: int):
+        """Pad per-image content ``(rows_i, D)`` and boxes to the batch maximum and repeat them ``groups`` times.
+
+        Padding slots get zero content and are marked invalid (excluded from the loss); dummy rows of empty
+        images are valid with weight 0. Returns ``extra_s`` (strong-view positions), ``extra_t`` (weak-view
+        positions, content detached), per-slot weights and validity, each ``(B, groups * slots)``.
+        """
+        slots = max(max((c.size(0) for c in contents), default=1), 1)
+        dev = contents[0].device
+        content = contents[0].new_zeros((len(contents), slots, contents[0].size(-1)))
+        s_ref, t_ref, weights, valid = [], [], [], []
+        for i, (b, c) in enumerate(zip(boxes, contents)):
+            rows = c.size(0)
+            content[i, :rows] = c
             w = torch.zeros(slots, device=dev)
-            w[:n] = 1
+            w[:b['num_real']] = 1
             v = torch.zeros(slots, dtype=torch.bool, device=dev)
-            v[:max(n, 1)] = True  # padding is excluded; one dummy per empty image is kept (weight 0)
+            v[:rows] = True
             weights.append(w)
             valid.append(v)
-        valid_all = torch.stack(valid)
-        # only real boxes (and one dummy per empty image) are projected; padding slots get zero content,
-        # so they neither enter the projector's BatchNorm statistics nor carry features (official)
-        rois = bbox2roi([tb[v] for tb, v in zip(t_boxes, valid)])
-        num_levels = self.roi_extractor.num_inputs
-        roi_feats = self.roi_extractor(tuple(batch_info['feats'][:num_levels]), rois)
-        projected = self.projector(roi_feats)
-        content = projected.new_zeros((len(set_b), slots, projected.size(-1)))
-        content[valid_all] = projected
-
-        def norm_unact(boxes, metas):
-            out = []
-            for b, m in zip(boxes, metas):
-                h, w = m['img_shape']
-                out.append(inverse_sigmoid(bbox_xyxy_to_cxcywh(b / b.new_tensor([w, h, w, h])).clamp(0, 1)))
-            return torch.stack(out)
-
-        s_ref = norm_unact(s_boxes, [s.metainfo for s in student_samples]).repeat(1, groups, 1)
-        t_ref = norm_unact(t_boxes, weak_metas).repeat(1, groups, 1)
+            for key, shape, refs in (('student', b['student_shape'], s_ref), ('teacher', b['teacher_shape'], t_ref)):
+                h, w_img = shape
+                box = b[key][:rows]
+                full = box.new_tensor([w_img / 4, h / 4, 3 * w_img / 4, 3 * h / 4]).repeat(slots, 1)
+                full[:rows] = box
+                norm = bbox_xyxy_to_cxcywh(full / full.new_tensor([w_img, h, w_img, h])).clamp(0, 1)
+                refs.append(inverse_sigmoid(norm))
         query = content.repeat(1, groups, 1)
-        extra_s = dict(query=query, reference_unact=s_ref, num_groups=groups)
-        extra_t = dict(query=query.detach(), reference_unact=t_ref, num_groups=groups)
-        return extra_s, extra_t, torch.stack(weights).repeat(1, groups), valid_all.repeat(1, groups)
+        extra_s = dict(query=query, reference_unact=torch.stack(s_ref).repeat(1, groups, 1), num_groups=groups)
+        extra_t = dict(query=query.detach(), reference_unact=torch.stack(t_ref).repeat(1, groups, 1),
+                       num_groups=groups)
+        return extra_s, extra_t, torch.stack(weights).repeat(1, groups), torch.stack(valid).repeat(1, groups)
+
+    def _build_consistency_queries(self, set_b: List[Tensor], student_samples: SampleList, batch_info: dict):
+        """Semi-DETR content: projector over RoI features of the teacher's weak-view features at the weak boxes
+        (only real boxes and one dummy per empty image enter the projector and its BatchNorm statistics)."""
+        boxes = self._consistency_boxes(set_b, student_samples, batch_info)
+        rois = bbox2roi([b['teacher'] for b in boxes])
+        num_levels = self.roi_extractor.num_inputs
+        projected = self.projector(self.roi_extractor(tuple(batch_info['feats'][:num_levels]), rois))
+        contents = list(projected.split([b['teacher'].size(0) for b in boxes]))
+        return self._pack_extra_queries(boxes, contents, self.consistency_groups)
 
     def consistency_loss(self, student_hidden: Tensor, teacher_hidden: Tensor, weights: Tensor,
                          valid: Tensor) -> Dict[str, Tensor]:

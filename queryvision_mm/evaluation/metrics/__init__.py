@@ -1,0 +1,3 @@
+from .duplicate_rate import QVDuplicateRateMetric
+
+__all__ = ['QVDuplicateRateMetric']

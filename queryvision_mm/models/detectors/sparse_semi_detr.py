@@ -1,0 +1,137 @@
+"""Sparse Semi-DETR (CVPR 2024): query refinement + reliable pseudo-label filtering on top of Semi-DETR."""
+import copy
+from typing import List
+
+import torch
+from mmengine.config import ConfigDict
+from mmengine.structures import InstanceData
+from torch import Tensor
+
+from mmdet.registry import MODELS
+from mmdet.structures import SampleList
+from mmdet.structures.bbox import bbox2roi
+from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
+
+from ..task_modules.pseudo_label_filter import filter_duplicate_pseudo_labels
+from .semi_detr import QVSemiDETR
+
+DEFAULT_RPFM_CFG = dict(
+    num_groups=6,  # m groups of pseudo ground truth in the one-to-many stage (paper Table 6a)
+    topk=4,  # k predictions per group (Table 6b)
+    dup_iou_thr=0.7,  # one-to-one stage: same-class pseudo boxes above this IoU are duplicates
+    nms_free_o2o=True,  # one-to-one stage: the duplicate filter replaces Semi-DETR's NMS(0.6) on candidates
+)
+REFINE_VIEWS = ('weak', 'strong')
+
+
+@MODELS.register_module()
+class QVSparseSemiDETR(QVSemiDETR):
+    """Sparse Semi-DETR (`paper <https://arxiv.org/abs/2404.01819>`_), a subclass of :class:`QVSemiDETR`.
+
+    Two modules, each switched off by setting its config to None (then this class is exactly Semi-DETR), so
+    the paper's Table 5(a) ablation is ``qrm_cfg=None`` / ``rpfm_cfg=None`` overrides:
+
+    * **Query Refinement Module** (``qrm_cfg``, :class:`QVQueryRefinementModule`): replaces the content of
+      Semi-DETR's cross-view consistency queries (RoI Align + projector) by refined queries built from a
+      high- and a low-resolution feature map at the pseudo boxes, and keeps only the boxes whose refined
+      features agree best across the two resolutions (fewer extra queries). The refined queries are
+      prepended to the student's (strong-view positions) and the teacher's (weak-view positions) decoder
+      queries under Semi-DETR's mask (``[refined | CDN | matching]``; refined groups see only themselves and
+      the matching queries, nothing sees them) and trained with Semi-DETR's consistency loss
+      (``consistency_cfg``: ``num_groups``, ``loss_weight``). ``qrm_cfg.refine_view``: ``'weak'`` (default,
+      teacher features on the weak view, paper Table 5b best) or ``'strong'`` (student features on the strong
+      view, detached).
+    * **Reliable Pseudo-Label Filtering** (``rpfm_cfg``, see ``DEFAULT_RPFM_CFG``): one-to-many stage with
+      ``num_groups`` groups of pseudo ground truth x ``topk`` predictions (:class:`QVGroupO2MAssigner`
+      replaces the heads' ``o2m_assigner``, also for the labeled branch as in Semi-DETR, whose one
+      assigner serves both); one-to-one stage with duplicate filtering of the pseudo-labels
+      (:func:`filter_duplicate_pseudo_labels` at IoU ``dup_iou_thr`` over the candidates with
+      score >= ``semi_train_cfg.cls_pseudo_thr``, the paper's tau) instead of Semi-DETR's NMS when
+      ``nms_free_o2o``.
+
+    The paper's equations 3-6 are not available; README "Sparse Semi-DETR" lists what the text states and
+    which choice each flag makes.
+    """
+
+    def __init__(self,
+                 detector: ConfigType,
+                 semi_train_cfg: OptConfigType = None,
+                 semi_test_cfg: OptConfigType = None,
+                 consistency_cfg: OptConfigType = None,
+                 qrm_cfg: OptConfigType = None,
+                 rpfm_cfg: OptConfigType = None,
+                 data_preprocessor: OptConfigType = None,
+                 init_cfg: OptMultiConfig = None) -> None:
+        detector = copy.deepcopy(detector)
+        self.rpfm_cfg = None
+        if rpfm_cfg is not None:
+            rpfm = copy.deepcopy(DEFAULT_RPFM_CFG)
+            unknown = set(rpfm_cfg) - set(rpfm)
+            if unknown:
+                raise KeyError(f'QVSparseSemiDETR: unknown rpfm_cfg keys {sorted(unknown)}; known: {sorted(rpfm)}')
+            rpfm.update(rpfm_cfg)
+            base_assigner = dict(detector['bbox_head'].get('o2m_assigner', {}))
+            detector['bbox_head']['o2m_assigner'] = dict(
+                type='QVGroupO2MAssigner', num_groups=rpfm['num_groups'], topk=rpfm['topk'],
+                **{k: v for k, v in base_assigner.items() if k in ('alpha', 'beta', 'iou_mode', 'eps')})
+            rpfm_cfg = ConfigDict(rpfm)
+        qrm = None
+        if qrm_cfg is not None:
+            if consistency_cfg is None:
+                raise ValueError('QVSparseSemiDETR: qrm_cfg needs consistency_cfg (num_groups, loss_weight) for '
+                                 'the refined queries and their consistency loss')
+            qrm = dict(copy.deepcopy(qrm_cfg))
+            refine_view = qrm.pop('refine_view', 'weak')
+            if refine_view not in REFINE_VIEWS:
+                raise ValueError(f'QVSparseSemiDETR: qrm_cfg.refine_view must be one of {REFINE_VIEWS}, '
+                                 f'got {refine_view!r}')
+            # the QRM makes the content: Semi-DETR's RoI extractor and projector are not built
+            consistency_cfg = {k: v for k, v in dict(consistency_cfg).items()
+                               if k not in ('roi_extractor', 'projector')}
+        super().__init__(detector, semi_train_cfg=semi_train_cfg, semi_test_cfg=semi_test_cfg,
+                         consistency_cfg=consistency_cfg, data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.rpfm_cfg = rpfm_cfg
+        self.with_qrm = qrm is not None
+        if self.with_qrm:
+            self.refine_view = refine_view
+            self.qrm = MODELS.build(qrm)
+
+    @property
+    def with_rpfm(self) -> bool:
+        return self.rpfm_cfg is not None
+
+    # ------------------------------------------------------------------ RPFM, pseudo-label side
+    def _rpfm_o2o(self) -> bool:
+        return self.with_rpfm and not self.one_to_many
+
+    def _use_pseudo_nms(self) -> bool:
+        if self._rpfm_o2o() and self.rpfm_cfg.nms_free_o2o:
+            return False
+        return super()._use_pseudo_nms()
+
+    def _postprocess_candidates(self, candidates: InstanceData) -> InstanceData:
+        if not self._rpfm_o2o():
+            return candidates
+        return filter_duplicate_pseudo_labels(candidates, self.semi_train_cfg.cls_pseudo_thr,
+                                              self.rpfm_cfg.dup_iou_thr)
+
+    # ------------------------------------------------------------------ QRM
+    def _build_consistency_queries(self, set_b: List[Tensor], student_samples: SampleList, batch_info: dict):
+        if not self.with_qrm:
+            return super()._build_consistency_queries(set_b, student_samples, batch_info)
+        boxes = self._consistency_boxes(set_b, student_samples, batch_info)
+        if self.refine_view == 'weak':
+            feats, key = batch_info['feats'], 'teacher'
+        else:  # student features of the strong view, without gradient into the student through this path
+            feats, key = [f.detach() for f in batch_info['student_feats']], 'student'
+        content, scores = self.qrm(feats, bbox2roi([b[key] for b in boxes]))
+        rows = [b[key].size(0) for b in boxes]
+        kept_boxes, kept_contents = [], []
+        for b, c, s in zip(boxes, content.split(rows), scores.split(rows)):
+            if b['num_real'] > 0:
+                keep = self.qrm.select(s)
+                b = dict(b, student=b['student'][keep], teacher=b['teacher'][keep], num_real=int(keep.numel()))
+                c = c[keep]
+            kept_boxes.append(b)
+            kept_contents.append(c)
+        return self._pack_extra_queries(kept_boxes, kept_contents, self.consistency_groups)
