@@ -24,4 +24,4 @@ sparse_semi_detr = dict(
         similarity=True,  # supp. Table 11
         keep_ratio=0.5,  # fewer refined queries: the best-agreeing half of each image's boxes
         with_mlp=False),  # Table 5(c)
-    rpfm_cfg=dict(num_groups=6, topk=4, dup_iou_thr=0.7, nms_free_o2o=True))
+    rpfm_cfg=dict(num_groups=6, topk=4, dup_iou_thr=0.7, nms_free_o2o=True, apply_to_labeled=False))

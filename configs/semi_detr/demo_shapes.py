@@ -87,3 +87,4 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1),
     logger=dict(type='LoggerHook', interval=10))
 randomness = dict(seed=0)
+work_dir = './work_dirs/semi_detr_demo_shapes'  # as tools/run_demo.sh

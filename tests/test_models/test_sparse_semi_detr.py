@@ -43,7 +43,7 @@ def test_paper_configs_have_table8_values(name):
     assert [s['type'] for s in cfg.param_scheduler] == ['ConstantLR'], 'Table 8: no LR decay'
     assert m.detector.bbox_head.num_classes == exp['classes'] and m.detector.num_queries == 900
     assert cfg.train_dataloader.dataset.datasets[0].ann_file.endswith(exp['ann']), 'inherits the Semi-DETR data'
-    assert m.rpfm_cfg == dict(num_groups=6, topk=4, dup_iou_thr=0.7, nms_free_o2o=True)
+    assert m.rpfm_cfg == dict(num_groups=6, topk=4, dup_iou_thr=0.7, nms_free_o2o=True, apply_to_labeled=False)
     assert m.qrm_cfg.attention_on == 'high_res' and m.qrm_cfg.similarity and not m.qrm_cfg.with_mlp
     assert m.qrm_cfg.refine_view == 'weak'
     assert {e['type'] for e in cfg.val_evaluator} == {'CocoMetric', 'QVDuplicateRateMetric'}
@@ -69,20 +69,29 @@ def test_table5a_ablation_flags_change_the_module_graph(qrm, rpfm):
     """Table 5(a) = four overrides of one config; off means exactly Semi-DETR's piece."""
     overrides = {}
     if not qrm:
-        overrides['qrm_cfg'] = None
-        overrides['consistency_cfg'] = copy.deepcopy(
-            Config.fromfile(osp.join(REPO, 'configs/semi_detr/coco_10pct.py')).model.consistency_cfg)
-        overrides['consistency_cfg'].projector.hidden_dims = 64
+        overrides['qrm_cfg'] = None  # the one override: Semi-DETR's RoI extractor + projector come back
     if not rpfm:
         overrides['rpfm_cfg'] = None
     m = build(**overrides)
     names = {n.split('.')[0] for n, _ in m.named_modules() if n}
     assert ('qrm' in names) is qrm
     assert ('projector' in names) is (not qrm) and ('roi_extractor' in names) is (not qrm)
-    for det in (m.student, m.teacher):
-        assigner = det.bbox_head.o2m_assigner
-        assert type(assigner).__name__ == ('QVGroupO2MAssigner' if rpfm else 'QVO2MAssigner')
-        assert (assigner.num_groups, assigner.topk) == (6, 4) if rpfm else assigner.topk == 13
+    if not qrm:
+        semi = Config.fromfile(osp.join(REPO, 'configs/semi_detr/coco_10pct.py')).model.consistency_cfg
+        assert m.projector.mlp[0].out_features == semi.projector.hidden_dims
+        assert m.roi_extractor.featmap_strides == semi.roi_extractor.featmap_strides
+        confident_teacher(m, 2.0)
+        m.set_stage(True)
+        batch = multi_branch_batch(m)
+        losses = m.loss(batch['inputs'], copy.deepcopy(batch['data_samples']))
+        assert losses['unsup_loss_consistency'] > 0, 'Semi-DETR consistency queries train'
+    assert hasattr(m, 'rpfm_assigner') is rpfm
+    if rpfm:
+        assert type(m.rpfm_assigner).__name__ == 'QVGroupO2MAssigner'
+        assert (m.rpfm_assigner.num_groups, m.rpfm_assigner.topk) == (6, 4)
+    for det in (m.student, m.teacher):  # labeled images keep Semi-DETR's assigner
+        assert type(det.bbox_head.o2m_assigner).__name__ == 'QVO2MAssigner'
+        assert det.bbox_head.o2m_assigner.topk == 13
     m.set_stage(False)
     assert m._use_pseudo_nms() is (not rpfm), 'RPFM: NMS-free pseudo-labels after the switch'
     m.set_stage(True)
@@ -318,3 +327,22 @@ def test_training_losses_both_stages_gradients_and_pseudo_labels(model):
             iou = bbox_overlaps(boxes, boxes)
             iou.fill_diagonal_(0)
             assert (iou <= 0.7 + 1e-6).all()
+
+
+def test_group_assigner_used_for_pseudo_labels_only(model):
+    """In the one-to-many stage the pseudo-label branch assigns with the RPFM groups, the labeled branch with
+    Semi-DETR's top-13; apply_to_labeled puts the groups on both."""
+    confident_teacher(model, 2.0)
+    model.set_stage(True)
+    calls = []
+    for name, assigner in (('labeled', model.student.bbox_head.o2m_assigner), ('pseudo', model.rpfm_assigner)):
+        orig = assigner.assign
+        assigner.assign = (lambda o, n: lambda *a, **k: calls.append(n) or o(*a, **k))(orig, name)
+    batch = multi_branch_batch(model)
+    model.loss(batch['inputs'], copy.deepcopy(batch['data_samples']))
+    assert 'labeled' in calls and 'pseudo' in calls
+    first_pseudo = calls.index('pseudo')
+    assert all(c == 'labeled' for c in calls[:first_pseudo]) and all(c == 'pseudo' for c in calls[first_pseudo:])
+    assert type(model.student.bbox_head.o2m_assigner).__name__ == 'QVO2MAssigner', 'restored after the loss'
+    both = build(rpfm_cfg=dict(load('coco_10pct').model.rpfm_cfg, apply_to_labeled=True))
+    assert type(both.student.bbox_head.o2m_assigner).__name__ == 'QVGroupO2MAssigner'

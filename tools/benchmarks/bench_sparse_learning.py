@@ -44,6 +44,8 @@ def parse_args():
     p.add_argument('--data-root', default=osp.join(REPO, 'data', 'demo_shapes_10pct'))
     p.add_argument('--work-root', default=osp.join(REPO, 'work_dirs', 'bench_sparse_learning'))
     p.add_argument('--variants', nargs='+', default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument('--reuse', action='store_true',
+                   help='reuse a variant\'s finished run (bench_result.json with the same iterations, seed and data)')
     p.add_argument('--write', default=None, help='markdown file to update (section between markers)')
     return p.parse_args()
 
@@ -97,22 +99,33 @@ def main():
     generate_demo_shapes(args.data_root, num_labeled=args.labeled, num_unlabeled=args.unlabeled, num_val=args.val,
                          seed=args.seed)
     results = {}
+    key = dict(iters=args.iters, seed=args.seed, labeled=args.labeled, unlabeled=args.unlabeled, val=args.val)
     for variant in args.variants:
         cfg, work = make_config(variant, args)
+        done = osp.join(work, 'bench_result.json')
+        if args.reuse and osp.exists(done):
+            saved = json.load(open(done))
+            if saved.get('key') == key:
+                results[variant] = saved
+                print(variant, 'reused', flush=True)
+                continue
         t0 = time.time()
         proc = subprocess.run([sys.executable, osp.join(REPO, 'tools/train.py'), cfg, '--work-dir', work],
                               cwd=REPO, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f'{variant} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
-        results[variant] = dict(metrics=final_metrics(work), minutes=(time.time() - t0) / 60)
+        results[variant] = dict(key=key, metrics=final_metrics(work), minutes=(time.time() - t0) / 60)
+        with open(done, 'w') as f:
+            json.dump(results[variant], f)
         print(variant, json.dumps(results[variant]), flush=True)
     rows = []
     for variant, r in results.items():
         m = r['metrics']
         for who in ('student', 'teacher'):
             vals = [m.get(f'{who}/{k}', float('nan')) for k in KEYS]
-            cells = ' | '.join(f'{100 * v:.1f}' if k.startswith('coco') else f'{v:.3f}' for k, v in zip(KEYS, vals))
-            rows.append(f'| {variant} | {who} | {cells} | {r["minutes"]:.1f} |')
+            cells = ' | '.join(('n/a' if v < 0 else f'{100 * v:.1f}') if k.startswith('coco') else f'{v:.3f}'
+                               for k, v in zip(KEYS, vals))
+            rows.append(f'| {variant} | {who} | {cells} |')
     import torch
     pct = 100 * args.labeled / (args.labeled + args.unlabeled)
     body = '\n'.join([
@@ -121,9 +134,10 @@ def main():
         f'unlabeled training images, {args.val} val images; '
         f'{args.iters} iterations (one-to-one from {args.iters // 2}), seed {args.seed}, same shrunk model for all '
         '(DINO-R18 from scratch, 2+2 layers, 100 queries). `supervised` = Semi-DETR with unsup weight 0 (same '
-        'data stream). AP in %, duplicate rate = same-class pairs with IoU > 0.7 among predictions >= 0.3.', '',
-        '| variant | evaluated | AP | AP50 | AP_s | AP_m | AP_l | dup rate | train min |',
-        '|---|---|---|---|---|---|---|---|---|', *rows])
+        'data stream). AP in % (n/a: the val set has no object of that size), duplicate rate = fraction of '
+        'predictions >= 0.3 overlapping a higher-scored same-class one with IoU > 0.7.', '',
+        '| variant | evaluated | AP | AP50 | AP_s | AP_m | AP_l | dup rate |',
+        '|---|---|---|---|---|---|---|---|', *rows])
     print(body)
     if args.write:
         write_section(args.write, 'sparse_learning', body)

@@ -19,6 +19,15 @@ from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 
 from ..task_modules.pseudo_label_mining import gather_costs, gmm_cost_threshold, matched_costs
 
+# Semi-DETR's consistency-query content (spec §1.6): RoI Align 7x7 on the 4 neck levels + the RoI projector
+DEFAULT_CONSISTENCY_ROI_EXTRACTOR = dict(
+    type='SingleRoIExtractor',
+    roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
+    out_channels=256,
+    featmap_strides=[8, 16, 32, 64])
+DEFAULT_CONSISTENCY_PROJECTOR = dict(
+    type='QVConsistencyProjector', in_channels=256, roi_size=7, hidden_dims=1024, out_dims=256)
+
 DEFAULT_SEMI_TRAIN_CFG = dict(
     freeze_teacher=True,
     sup_weight=1.0,
@@ -333,6 +342,9 @@ class QVSemiDETR(SemiBaseDetector):
     def _build_consistency_queries(self, set_b: List[Tensor], student_samples: SampleList, batch_info: dict):
         """Semi-DETR content: projector over RoI features of the teacher's weak-view features at the weak boxes
         (only real boxes and one dummy per empty image enter the projector and its BatchNorm statistics)."""
+        if not (hasattr(self, 'roi_extractor') and hasattr(self, 'projector')):
+            raise KeyError(f'{type(self).__name__}: consistency_cfg needs roi_extractor and projector '
+                           '(see DEFAULT_CONSISTENCY_ROI_EXTRACTOR / DEFAULT_CONSISTENCY_PROJECTOR)')
         boxes = self._consistency_boxes(set_b, student_samples, batch_info)
         rois = bbox2roi([b['teacher'] for b in boxes])
         num_levels = self.roi_extractor.num_inputs
