@@ -1,7 +1,7 @@
 """Learning benchmark: supervised-only vs Semi-DETR vs Sparse Semi-DETR on the embedded demo data.
 
     python tools/benchmarks/bench_sparse_learning.py [--iters 500] [--labeled 20 --unlabeled 180]
-        [--variants supervised semi_detr sparse_semi_detr] [--write docs/benchmarks.md]
+        [--variants supervised semi_detr sparse_semi_detr] [--burn-in 250 --work-root DIR] [--write docs/benchmarks.md]
 
 Same data (10 % labeled by default: 20 labeled / 180 unlabeled synthetic images, 40 val), same seed, same
 iteration budget, same shrunk model (configs/*/demo_shapes.py: DINO-R18 from scratch, 2+2 layers, 100 queries),
@@ -31,7 +31,8 @@ CONFIGS = dict(
     supervised='configs/semi_detr/demo_shapes.py',
     semi_detr='configs/semi_detr/demo_shapes.py',
     sparse_semi_detr='configs/sparse_semi_detr/demo_shapes.py')
-KEYS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_s', 'coco/bbox_mAP_m', 'coco/bbox_mAP_l', 'dup/rate')
+KEYS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_s', 'coco/bbox_mAP_m', 'coco/bbox_mAP_l', 'dup/rate',
+        'dup/preds_per_img')
 
 
 def parse_args():
@@ -44,6 +45,12 @@ def parse_args():
     p.add_argument('--data-root', default=osp.join(REPO, 'data', 'demo_shapes_10pct'))
     p.add_argument('--work-root', default=osp.join(REPO, 'work_dirs', 'bench_sparse_learning'))
     p.add_argument('--variants', nargs='+', default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument('--burn-in', type=int, default=0,
+                   help='N > 0: supervised warm start. All variants share the supervised run\'s first N iterations '
+                        '(Semi-DETR and Sparse load its iteration-N checkpoint and train the remaining iterations); '
+                        'the switch to one-to-one is at 3/4 of the budget for all three')
+    p.add_argument('--pseudo-thr', type=float, default=None,
+                   help='override semi_train_cfg.cls_pseudo_thr (0.4 in the paper) for Semi-DETR and Sparse')
     p.add_argument('--reuse', action='store_true',
                    help='reuse a variant\'s finished run (bench_result.json with the same iterations, seed and data)')
     p.add_argument('--write', default=None, help='markdown file to update (section between markers)')
@@ -62,16 +69,27 @@ def make_config(variant, args):
         if metric['type'] == 'CocoMetric':
             metric.ann_file = root + 'annotations/instances_val.json'
     cfg.test_evaluator = cfg.val_evaluator
-    cfg.train_cfg.max_iters = args.iters
-    cfg.train_cfg.val_interval = args.iters
-    cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=args.iters)]
+    iters, switch, ckpt_interval = args.iters, args.iters // 2, args.iters
+    if args.burn_in:
+        switch = args.iters * 3 // 4
+        if variant == 'supervised':
+            ckpt_interval = args.burn_in
+        else:  # continue from the supervised run's iteration burn_in (a new run: EMA ramp and iteration count restart)
+            iters, switch = args.iters - args.burn_in, switch - args.burn_in
+            cfg.load_from = osp.join(args.work_root, 'supervised', f'iter_{args.burn_in}.pth')
+    cfg.train_cfg.max_iters = iters
+    cfg.train_cfg.val_interval = iters
+    cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=iters)]
     for hook in cfg.custom_hooks:
         if hook['type'] == 'QVStageSwitchHook':
-            hook['switch_iter'] = args.iters // 2
-    cfg.default_hooks.checkpoint.interval = args.iters
+            hook['switch_iter'] = switch
+    cfg.default_hooks.checkpoint.interval = ckpt_interval
+    cfg.default_hooks.checkpoint.max_keep_ckpts = 2
     cfg.randomness = dict(seed=args.seed)
     if variant == 'supervised':
         cfg.model.semi_train_cfg.unsup_weight = 0.0
+    elif args.pseudo_thr is not None:
+        cfg.model.semi_train_cfg.cls_pseudo_thr = args.pseudo_thr
     work = osp.join(args.work_root, variant)
     os.makedirs(work, exist_ok=True)
     path = osp.join(work, 'config.py')
@@ -100,9 +118,14 @@ def main():
                          seed=args.seed)
     results = {}
     key = dict(iters=args.iters, seed=args.seed, labeled=args.labeled, unlabeled=args.unlabeled, val=args.val)
+    if args.burn_in:
+        key['burn_in'] = args.burn_in
+        assert args.variants[0] == 'supervised', '--burn-in needs the supervised variant first'
     for variant in args.variants:
         cfg, work = make_config(variant, args)
         done = osp.join(work, 'bench_result.json')
+        if args.pseudo_thr is not None and variant != 'supervised':
+            key = dict(key, pseudo_thr=args.pseudo_thr)
         if args.reuse and osp.exists(done):
             saved = json.load(open(done))
             if saved.get('key') == key:
@@ -123,8 +146,8 @@ def main():
         m = r['metrics']
         for who in ('student', 'teacher'):
             vals = [m.get(f'{who}/{k}', float('nan')) for k in KEYS]
-            cells = ' | '.join(('n/a' if v < 0 else f'{100 * v:.1f}') if k.startswith('coco') else f'{v:.3f}'
-                               for k, v in zip(KEYS, vals))
+            cells = ' | '.join(('n/a' if v < 0 else f'{100 * v:.1f}') if k.startswith('coco') else
+                               (f'{v:.2f}' if k.endswith('per_img') else f'{v:.3f}') for k, v in zip(KEYS, vals))
             rows.append(f'| {variant} | {who} | {cells} |')
     import torch
     pct = 100 * args.labeled / (args.labeled + args.unlabeled)
@@ -132,15 +155,22 @@ def main():
         f'Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU, torch '
         f'{torch.__version__}. Demo shapes data, {args.labeled} labeled ({pct:.0f} %) + {args.unlabeled} '
         f'unlabeled training images, {args.val} val images; '
-        f'{args.iters} iterations (one-to-one from {args.iters // 2}), seed {args.seed}, same shrunk model for all '
+        f'{args.iters} iterations (one-to-one from {args.iters * 3 // 4 if args.burn_in else args.iters // 2}), '
+        + (f'the first {args.burn_in} supervised and shared by all variants (Semi-DETR and Sparse start from the '
+           f'supervised run\'s iteration-{args.burn_in} checkpoint), ' if args.burn_in else 'from scratch, ')
+        + (f'pseudo-label threshold {args.pseudo_thr} instead of 0.4 for Semi-DETR and Sparse, ' if args.pseudo_thr
+           is not None else '')
+        + f'seed {args.seed}, same shrunk model for all '
         '(DINO-R18 from scratch, 2+2 layers, 100 queries). `supervised` = Semi-DETR with unsup weight 0 (same '
         'data stream). AP in % (n/a: the val set has no object of that size), duplicate rate = fraction of '
         'predictions >= 0.3 overlapping a higher-scored same-class one with IoU > 0.7.', '',
-        '| variant | evaluated | AP | AP50 | AP_s | AP_m | AP_l | dup rate |',
-        '|---|---|---|---|---|---|---|---|', *rows])
+        '| variant | evaluated | AP | AP50 | AP_s | AP_m | AP_l | dup rate | predictions >= 0.3 / image |',
+        '|---|---|---|---|---|---|---|---|---|', *rows])
     print(body)
     if args.write:
-        write_section(args.write, 'sparse_learning', body)
+        section = 'sparse_learning' + ('_burnin' if args.burn_in else '') + (
+            f'_thr{args.pseudo_thr:g}'.replace('.', '') if args.pseudo_thr is not None else '')
+        write_section(args.write, section, body)
 
 
 if __name__ == '__main__':
