@@ -1,4 +1,6 @@
+from .category_relations import QVCategorySelfAttention, QVTreeAggregator
 from .consistency_queries import QVConsistencyProjector, build_extra_query_attn_mask
 from .query_refinement import QVQueryRefinementModule
 
-__all__ = ['QVConsistencyProjector', 'QVQueryRefinementModule', 'build_extra_query_attn_mask']
+__all__ = ['QVCategorySelfAttention', 'QVConsistencyProjector', 'QVQueryRefinementModule', 'QVTreeAggregator',
+           'build_extra_query_attn_mask']
