@@ -78,3 +78,28 @@ def test_loader_refuses_downloads_and_missing_files(tmp_path):
         load_open_clip('hf-hub:timm/ViT-B-16-SigLIP')
     with pytest.raises(FileNotFoundError, match='open_clip_config.json'):
         load_open_clip('local-dir:' + str(tmp_path))
+
+
+def test_make_category_embeddings_tool(tiny_clip, tmp_path):
+    """tools/misc/make_category_embeddings.py through the real loader; names that collide stay separate rows."""
+    import json
+    from conftest import REPO, load_module_from_path
+    tool = load_module_from_path('qv_make_category_embeddings', f'{REPO}/tools/misc/make_category_embeddings.py')
+    _, model, tokenizer, name = tiny_clip
+    ann = tmp_path / 'ann.json'
+    ann.write_text(json.dumps(dict(categories=[dict(id=7, name='guitar (instrument)'), dict(id=3, name='battery'),
+                                               dict(id=5, name='battery')])))
+    out = str(tmp_path / 'emb.safetensors')
+    assert tool.main([str(ann), out, '--model', name, '--templates', 'ensemble', '--batch-size', '50']) == 0
+    emb, names, meta = load_class_embeddings(out, expected_class_names=['battery', 'battery', 'guitar (instrument)'])
+    assert json.loads(meta['category_ids']) == [3, 5, 7], 'id order, ids kept'
+    ref = encode_class_names(model, tokenizer, names, tool.TEMPLATE_SETS['ensemble'])
+    torch.testing.assert_close(emb, ref)
+    txt = tmp_path / 'names.txt'
+    txt.write_text('dog\n\ncat\n')
+    with pytest.raises(ValueError, match=r'names\.txt: line 2 is empty'):
+        tool.main([str(txt), out, '--model', name])
+    with pytest.raises(FileNotFoundError, match='nope.txt'):
+        tool.main([str(tmp_path / 'nope.txt'), out, '--model', name])
+    with pytest.raises(SystemExit, match='random weights'):
+        tool.main([str(ann), out, '--model', 'ViT-B-16'])
