@@ -1,6 +1,7 @@
 from .category_relations import QVCategorySelfAttention, QVTreeAggregator
+from .category_selector import QVCategoryQuerySelector
 from .consistency_queries import QVConsistencyProjector, build_extra_query_attn_mask
 from .query_refinement import QVQueryRefinementModule
 
-__all__ = ['QVCategorySelfAttention', 'QVConsistencyProjector', 'QVQueryRefinementModule', 'QVTreeAggregator',
-           'build_extra_query_attn_mask']
+__all__ = ['QVCategoryQuerySelector', 'QVCategorySelfAttention', 'QVConsistencyProjector', 'QVQueryRefinementModule',
+           'QVTreeAggregator', 'build_extra_query_attn_mask']
