@@ -11,7 +11,7 @@ from queryvision_mm.utils.text_embeddings import save_class_embeddings
 def small(**kw):
     torch.manual_seed(0)
     args = dict(num_classes=6, img_in_channels=12, embed_dims=16, kv_dims=8, num_layers=2, num_heads=2, ffn_dims=32,
-                dropout=0.0, topk=3, out_dims=8)
+                dropout=0.0, topk=3)
     args.update(kw)
     return QVCategoryQuerySelector(**args)
 
@@ -21,8 +21,9 @@ def test_forward_shapes_and_gradients():
     out = sel(torch.randn(2, 12, 3, 4))
     assert out['logits'].shape == (2, 6) and out['tokens'].shape == (2, 6, 16)
     picked = sel.select(out['logits'], out['tokens'])
-    assert picked['indices'].shape == (2, 3) and picked['memory_text'].shape == (2, 3, 8)
-    (picked['memory_text'].sum() + out['logits'].sum()).backward()
+    assert picked['indices'].shape == (2, 3) and picked['tokens'].shape == (2, 3, 16)
+    assert sel.language_backbone.body.language_dim == 16  # what mmdet's GroundingDINO reads
+    (picked['tokens'].sum() + out['logits'].sum()).backward()
     assert sel.category_embed.grad.abs().sum() > 0 and sel.scorer.weight.grad.abs().sum() > 0
 
 
@@ -32,8 +33,8 @@ def test_topk_gather_and_label_mapping_hand_computed():
     tokens = torch.arange(2 * 6 * 16, dtype=torch.float).view(2, 6, 16)
     picked = sel.select(logits, tokens)
     assert picked['indices'].tolist() == [[1, 3, 4], [4, 0, 2]], 'descending score'
-    expected = sel.text_proj(torch.stack([tokens[0, [1, 3, 4]], tokens[1, [4, 0, 2]]]))
-    torch.testing.assert_close(picked['memory_text'], expected)
+    expected = torch.stack([tokens[0, [1, 3, 4]], tokens[1, [4, 0, 2]]])
+    torch.testing.assert_close(picked['tokens'], expected)
     # ground truth labels of image 0: 4 -> slot 2, 1 -> slot 0, 5 not selected -> -1
     assert sel.local_labels(torch.tensor([4, 1, 5]), picked['indices'][0]).tolist() == [2, 0, -1]
     recall = sel.recall_at_k(picked['indices'], [torch.tensor([4, 1, 5, 5]), torch.tensor([2])])

@@ -1,5 +1,6 @@
 """CQ-DINO's image-guided category selector: learnable category queries cross-attend to image tokens, are scored,
 and the top-K image-conditioned category tokens become the detector's class tokens."""
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -39,8 +40,8 @@ class QVCategoryQuerySelector(BaseModule):
     ReLU(Linear) -> optional relation module (:class:`QVTreeAggregator` / :class:`QVCategorySelfAttention`) ->
     LayerNorm -> ``num_layers`` cross-attention layers over the image tokens ``[mean(C5); flatten(C5)]`` projected to
     ``kv_dims`` -> per-category score (one shared Linear(D, 1)). The top-``topk`` categories of each image (by score,
-    descending) give ``memory_text = Linear(D, out_dims)(T[top-K])`` and their **global label ids** (integers end
-    to end; no name lookup).
+    descending) give their image-conditioned tokens ``T[top-K]`` (the detector maps them to its width) and their
+    **global label ids** (integers end to end; no name lookup).
 
     Args:
         num_classes (int): C.
@@ -48,7 +49,6 @@ class QVCategoryQuerySelector(BaseModule):
         embed_dims, kv_dims, num_layers, num_heads, ffn_dims, dropout: Tagging head (official: 768, 512, 2, 4,
             3072, 0.1).
         topk (int): K (official: 100 V3Det, 30 COCO).
-        out_dims (int): Width of the detector's class tokens. Defaults to 256.
         relation (dict, optional): Config of the relation module.
         embed_file (str, optional): Class-embedding file; its class list must equal ``class_names``.
         class_names (Sequence[str], optional): The dataset's classes (for the file check).
@@ -66,7 +66,6 @@ class QVCategoryQuerySelector(BaseModule):
                  ffn_dims: int = 3072,
                  dropout: float = 0.1,
                  topk: int = 100,
-                 out_dims: int = 256,
                  relation: Optional[dict] = None,
                  embed_file: Optional[str] = None,
                  class_names: Optional[Sequence[str]] = None,
@@ -93,9 +92,9 @@ class QVCategoryQuerySelector(BaseModule):
         self.layers = nn.ModuleList(
             QVCategoryCrossAttentionLayer(embed_dims, kv_dims, num_heads, ffn_dims, dropout) for _ in range(num_layers))
         self.scorer = nn.Linear(embed_dims, 1)
-        self.text_proj = nn.Linear(embed_dims, out_dims)
-        nn.init.xavier_uniform_(self.text_proj.weight)
-        nn.init.zeros_(self.text_proj.bias)
+        # mmdet's GroundingDINO reads the width of the "text" tokens from here and maps them to the transformer
+        # width with its own ``text_feat_map`` (Linear(D, 256), xavier, zero bias -- CQ-DINO's projection)
+        self.language_backbone = SimpleNamespace(body=SimpleNamespace(language_dim=embed_dims))
 
     def forward(self, img_feat: Tensor) -> Dict[str, Tensor]:
         """img_feat (B, C_img, H, W) -> ``logits`` (B, C) and image-conditioned ``tokens`` (B, C, D)."""
@@ -110,7 +109,7 @@ class QVCategoryQuerySelector(BaseModule):
         return dict(logits=self.scorer(q).squeeze(-1), tokens=q)
 
     def select(self, logits: Tensor, tokens: Tensor, gt_labels: Optional[List[Tensor]] = None) -> Dict[str, Tensor]:
-        """Top-K per image: ``indices`` (B, K) global labels by descending score, ``memory_text`` (B, K, out_dims).
+        """Top-K per image: ``indices`` (B, K) global labels by descending score, ``tokens`` (B, K, D).
 
         With ``force_gt_in_topk`` and ``gt_labels`` (training), missing ground-truth categories replace the
         lowest-scored selected non-ground-truth ones (at most K categories are kept per image)."""
@@ -119,7 +118,7 @@ class QVCategoryQuerySelector(BaseModule):
         if self.force_gt_in_topk and gt_labels is not None:
             indices = torch.stack([self._force(idx, gt) for idx, gt in zip(indices, gt_labels)])
         selected = torch.gather(tokens, 1, indices.unsqueeze(-1).expand(-1, -1, tokens.size(-1)))
-        return dict(indices=indices, memory_text=self.text_proj(selected))
+        return dict(indices=indices, tokens=selected)
 
     def _force(self, idx: Tensor, gt: Tensor) -> Tensor:
         gt = torch.unique(gt)
