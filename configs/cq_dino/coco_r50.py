@@ -1,0 +1,27 @@
+# CQ-DINO on COCO, ResNet-50: K = 30 selected categories, real self-attention across the 80 category queries (the
+# official module attends over a length-1 sequence; set model.language_model.relation.degenerate_compat=True for
+# that behaviour), selector loss = summed BCE (ASL with no focusing) x 0.1, no hierarchy.
+#   python tools/misc/make_category_embeddings.py data/coco/annotations/instances_val2017.json \
+#       data/coco/annotations/coco_clip_embeddings.safetensors --model local-dir:/path/to/clip
+_base_ = '../_base_/cq_dino_r50_v3det.py'
+
+data_root = 'data/coco/'
+topk = 30
+model = dict(
+    language_model=dict(
+        num_classes=80, topk=topk,
+        relation=dict(_delete_=True, type='QVCategorySelfAttention', embed_dims=768, num_heads=8),
+        embed_file=data_root + 'annotations/coco_clip_embeddings.safetensors'),
+    selector_loss=dict(gamma_neg=0.0, gamma_pos=0.0, clip=0.0, loss_weight=0.1),
+    hierarchy=None,
+    bbox_head=dict(contrastive_cfg=dict(max_text_len=topk)))
+train_dataloader = dict(
+    dataset=dict(type='CocoDataset', data_root=data_root, ann_file='annotations/instances_train2017.json',
+                 data_prefix=dict(img='train2017/'), filter_cfg=dict(filter_empty_gt=True, min_size=32)))
+val_dataloader = dict(
+    dataset=dict(type='CocoDataset', data_root=data_root, ann_file='annotations/instances_val2017.json',
+                 data_prefix=dict(img='val2017/')))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json', use_mp_eval=False,
+                     proposal_nums=[100, 300, 1000])
+test_evaluator = val_evaluator

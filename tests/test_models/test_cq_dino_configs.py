@@ -1,0 +1,57 @@
+"""The CQ-DINO configs parse with the official values and their models build (R50, offline overrides)."""
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+
+from mmdet.registry import MODELS
+
+from conftest import REPO
+
+EXPECT = {
+    'v3det_r50': dict(classes=13204, topk=100, relation='QVTreeAggregator', levels=4, img_in=2048),
+    'v3det_swinb': dict(classes=13204, topk=100, relation='QVTreeAggregator', levels=4, img_in=1024),
+    'v3det_swinl': dict(classes=13204, topk=100, relation='QVTreeAggregator', levels=5, img_in=1536),
+    'coco_r50': dict(classes=80, topk=30, relation='QVCategorySelfAttention', levels=4, img_in=2048),
+    'coco_swinl': dict(classes=80, topk=30, relation='QVCategorySelfAttention', levels=5, img_in=1536),
+}
+
+
+def load(name):
+    return Config.fromfile(osp.join(REPO, 'configs', 'cq_dino', f'{name}.py'))
+
+
+@pytest.mark.parametrize('name', sorted(EXPECT))
+def test_config_values(name):
+    cfg, exp = load(name), EXPECT[name]
+    sel = cfg.model.language_model
+    assert cfg.model.type == 'QVCQDINO' and sel.type == 'QVCategoryQuerySelector'
+    assert sel.num_classes == exp['classes'] and sel.topk == exp['topk']
+    assert cfg.model.bbox_head.contrastive_cfg.max_text_len == exp['topk'], 'K = max_text_len'
+    assert sel.relation.type == exp['relation'] and sel.img_in_channels == exp['img_in']
+    assert cfg.model.neck.num_outs == exp['levels']
+    assert cfg.model.test_cfg.max_per_img == 300
+    assert cfg.optim_wrapper.optimizer.lr == 4e-4
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys['language_model'].lr_mult == 0.01
+    assert cfg.train_cfg.max_epochs == 24
+    if name.startswith('v3det'):
+        assert cfg.val_evaluator.use_mp_eval and cfg.val_evaluator.proposal_nums == [300]
+        assert cfg.model.selector_loss.gamma_neg == 7.0 and cfg.model.selector_loss.clip == 0.05
+        assert cfg.train_dataloader.dataset.type == 'V3DetDataset'
+    else:
+        assert cfg.model.selector_loss.loss_weight == 0.1 and cfg.model.hierarchy is None
+
+
+@pytest.mark.parametrize('name', ['v3det_r50', 'coco_r50'])
+def test_r50_models_build_offline(name):
+    cfg = load(name)
+    m = cfg.model
+    m.backbone.init_cfg = None  # no torchvision download
+    m.language_model.embed_file = None
+    if name.startswith('v3det'):  # the 13,204-category tree file is not shipped: relations are tested elsewhere
+        m.language_model.relation = None
+        m.hierarchy = None
+    model = MODELS.build(m)
+    assert model.language_model.category_embed.shape == (EXPECT[name]['classes'], 768)
+    assert model.bbox_head.max_text_len == EXPECT[name]['topk']
+    assert len(model.encoder.text_layers) == 0
