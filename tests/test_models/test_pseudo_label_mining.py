@@ -1,6 +1,7 @@
 import itertools
 
 import numpy as np
+import pytest
 import torch
 from mmengine.structures import InstanceData
 
@@ -47,3 +48,16 @@ def test_matched_costs_equals_bruteforce_minimum():
     best = min(sum(full[p[j], j] for j in range(3)) for p in itertools.permutations(range(5), 3))
     assert torch.isclose(costs.sum(), torch.as_tensor(best, dtype=torch.float32), atol=1e-4)
     assert matched_costs(assigner.match_costs, pred, gt[:0], meta).numel() == 0
+
+
+def test_non_finite_costs_fail_clearly():
+    import torch
+    from mmengine.structures import InstanceData
+    from mmdet.registry import TASK_UTILS
+    from queryvision_mm.models.task_modules import matched_costs
+    costs = [TASK_UTILS.build(dict(type='FocalLossCost', weight=2.0)),
+             TASK_UTILS.build(dict(type='BBoxL1Cost', weight=5.0, box_format='xywh'))]
+    pred = InstanceData(scores=torch.full((4, 3), float('nan')), bboxes=torch.rand(4, 4) * 50)
+    gt = InstanceData(bboxes=torch.tensor([[1., 1., 20., 20.]]), labels=torch.tensor([0]))
+    with pytest.raises(FloatingPointError, match='NaN/Inf entries for image a.jpg'):
+        matched_costs(costs, pred, gt, dict(img_shape=(64, 64), img_path='a.jpg'))

@@ -26,6 +26,11 @@ def matched_costs(match_costs: Sequence, pred_instances: InstanceData, gt_instan
         return pred_instances.bboxes.new_zeros((0, ))
     cost = sum(c(pred_instances=pred_instances, gt_instances=gt_instances, img_meta=img_meta) for c in match_costs)
     cost_np = cost.detach().float().cpu().numpy()
+    if not np.isfinite(cost_np).all():
+        raise FloatingPointError(
+            f'cost-based pseudo-label mining: the matching cost has NaN/Inf entries for image '
+            f'{img_meta.get("img_path", img_meta.get("img_id", "?"))} (non-finite student predictions: the model has '
+            'diverged or its weights were never initialised)')
     rows, cols = linear_sum_assignment(cost_np)
     out = np.full((num_gt, ), np.inf, dtype=np.float64)
     out[cols] = cost_np[rows, cols]
