@@ -66,7 +66,6 @@ class QVSparseSemiDETR(QVSemiDETR):
                  data_preprocessor: OptConfigType = None,
                  init_cfg: OptMultiConfig = None) -> None:
         detector = copy.deepcopy(detector)
-        self.rpfm_cfg = None
         if rpfm_cfg is not None:
             rpfm = copy.deepcopy(DEFAULT_RPFM_CFG)
             unknown = set(rpfm_cfg) - set(rpfm)
