@@ -4,6 +4,9 @@
 #   (configs/sparse_semi_detr/demo_shapes.py; pass configs/semi_detr/demo_shapes.py for the Semi-DETR baseline)
 #   on CPU, evaluate it with tools/test.py (COCO AP, AP_s/m/l, duplicate rate) and write
 #   work_dirs/sparse_semi_detr_demo_shapes/pseudo_labels_vs_student.png (work_dirs/<config dir>_<config name>/).
+#   CQ-DINO: bash tools/run_demo.sh configs/cq_dino/demo_v3det.py -- when CONFIG_stage1.py exists it is trained
+#   first (selector pre-training) and CONFIG starts from its checkpoint (load_from); predictions are drawn with
+#   tools/test.py --show-dir.
 # Usage: bash tools/run_demo.sh [CONFIG] [extra tools/train.py args]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,8 +19,21 @@ NAME="$(basename "${CONFIG%.py}")"
 WORK="${WORK_DIR:-work_dirs/$(basename "$(dirname "$CONFIG")")_$NAME}"
 t0=$(date +%s)
 "$PY" tools/misc/make_demo_data.py --out-dir data/demo_shapes
-"$PY" tools/train.py "$CONFIG" --work-dir "$WORK" "$@"
+"$PY" tools/misc/make_demo_data.py --kind v3det --out-dir data/demo_v3det
+STAGE1="${CONFIG%.py}_stage1.py"
+if [[ -f "$STAGE1" ]]; then
+  "$PY" tools/train.py "$STAGE1" --work-dir "${WORK}_stage1" "$@"
+  "$PY" tools/train.py "$CONFIG" --work-dir "$WORK" --cfg-options "load_from=$(cat "${WORK}_stage1/last_checkpoint")" "$@"
+else
+  "$PY" tools/train.py "$CONFIG" --work-dir "$WORK" "$@"
+fi
 CKPT="$(cat "$WORK/last_checkpoint")"
-"$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test"
-"$PY" tools/misc/visualize_pseudo_labels.py "$CONFIG" "$CKPT" --out "$WORK/pseudo_labels_vs_student.png"
-echo "[run_demo] done in $(( $(date +%s) - t0 )) s: checkpoint $CKPT, picture $WORK/pseudo_labels_vs_student.png"
+if grep -q "semi_detr" <<< "$CONFIG"; then
+  "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test"
+  PICTURE="$WORK/pseudo_labels_vs_student.png"
+  "$PY" tools/misc/visualize_pseudo_labels.py "$CONFIG" "$CKPT" --out "$PICTURE"
+else
+  "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test" --show-dir vis
+  PICTURE="$WORK/test/<timestamp>/vis/"
+fi
+echo "[run_demo] done in $(( $(date +%s) - t0 )) s: checkpoint $CKPT, pictures $PICTURE"

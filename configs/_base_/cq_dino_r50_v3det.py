@@ -89,10 +89,13 @@ val_dataloader = dict(
         pipeline=test_pipeline,
         backend_args=backend_args))
 test_dataloader = val_dataloader
-# COCO-style AP at 300 detections per image with mmdet's multi-process evaluation (as V3Det's official protocol)
-val_evaluator = dict(
-    _delete_=True, type='CocoMetric', ann_file=data_root + 'annotations/v3det_2023_v1_val.json', metric='bbox',
-    use_mp_eval=True, proposal_nums=[300], format_only=False, backend_args=backend_args)
+# COCO-style AP at 300 detections per image with mmdet's multi-process evaluation (as V3Det's official protocol),
+# plus the selector's category recall@K / ARC. Child configs edit ``coco_metric`` and rebuild the list.
+coco_metric = dict(
+    type='CocoMetric', ann_file=data_root + 'annotations/v3det_2023_v1_val.json', metric='bbox', use_mp_eval=True,
+    proposal_nums=[300], format_only=False, backend_args=backend_args)
+recall_metric = dict(type='QVCategoryRecallMetric')
+val_evaluator = [coco_metric, recall_metric]
 test_evaluator = val_evaluator
 
 optim_wrapper = dict(

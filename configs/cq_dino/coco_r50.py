@@ -22,6 +22,7 @@ val_dataloader = dict(
     dataset=dict(type='CocoDataset', data_root=data_root, ann_file='annotations/instances_val2017.json',
                  data_prefix=dict(img='val2017/')))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json', use_mp_eval=False,
-                     proposal_nums=[100, 300, 1000])
+coco_metric = dict(_base_.coco_metric, ann_file=data_root + 'annotations/instances_val2017.json', use_mp_eval=False,
+                   proposal_nums=[100, 300, 1000])
+val_evaluator = [coco_metric, _base_.recall_metric]
 test_evaluator = val_evaluator

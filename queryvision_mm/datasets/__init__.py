@@ -1,4 +1,6 @@
 from .category_hierarchy import CategoryHierarchy, HierarchyError
 from .demo_shapes import DEMO_CLASSES, generate_demo_shapes
+from .demo_v3det import DEMO_V3DET_CLASSES, generate_demo_v3det
 
-__all__ = ['CategoryHierarchy', 'DEMO_CLASSES', 'HierarchyError', 'generate_demo_shapes']
+__all__ = ['CategoryHierarchy', 'DEMO_CLASSES', 'DEMO_V3DET_CLASSES', 'HierarchyError', 'generate_demo_shapes',
+           'generate_demo_v3det']

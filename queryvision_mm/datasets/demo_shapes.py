@@ -35,7 +35,7 @@ import math
 import os
 import os.path as osp
 import shutil
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -128,9 +128,19 @@ def _tight_box(mask: np.ndarray) -> Optional[List[int]]:
     return [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
 
 
-def render_image(rng: np.random.Generator, width: int,
-                 height: int) -> Tuple[np.ndarray, List[Tuple[int, List[int], int]]]:
-    """Render one random image.
+def render_image(rng: np.random.Generator,
+                 width: int,
+                 height: int,
+                 classes: Sequence[str] = DEMO_CLASSES,
+                 shape_mask: Callable[[np.random.Generator, str, int, int], Tuple[np.ndarray, float]] = None,
+                 max_shapes: int = _MAX_SHAPES,
+                 colour: Callable[[np.random.Generator, int], np.ndarray] = None
+                 ) -> Tuple[np.ndarray, List[Tuple[int, List[int], int]]]:
+    """Render one random image with 1..``max_shapes`` shapes of ``classes`` (category id = index + 1), drawn by
+    ``shape_mask(rng, class_name, width, height) -> (clipped mask, unclipped area)`` (default: this module's three
+    shapes), filled with ``colour(rng, class_index)`` (default: a uniformly random RGB colour; redrawn up to 10 times
+    when too close to the background under the shape). Other generators (``demo_v3det``) reuse the placement rules
+    with their own shapes and colours.
 
     Returns:
         ``(image, objects)``: a uint8 ``(H, W, 3)`` RGB array and, per visible shape,
@@ -138,12 +148,14 @@ def render_image(rng: np.random.Generator, width: int,
     """
     img = _background(rng, width, height)
     labels = np.zeros((height, width), dtype=np.int32)  # 0 = background, k = k-th placed shape
-    classes: List[int] = []
-    num_shapes = int(rng.integers(_MIN_SHAPES, _MAX_SHAPES + 1))
+    placed: List[int] = []
+    shape_mask = shape_mask or _shape_mask
+    draw_colour = colour or (lambda r, _idx: r.uniform(0, 255, size=3))
+    num_shapes = int(rng.integers(_MIN_SHAPES, max_shapes + 1))
     for _ in range(num_shapes):
-        cat_idx = int(rng.integers(len(DEMO_CLASSES)))
+        cat_idx = int(rng.integers(len(classes)))
         for _try in range(_MAX_TRIES):
-            mask, full_area = _shape_mask(rng, DEMO_CLASSES[cat_idx], width, height)
+            mask, full_area = shape_mask(rng, classes[cat_idx], width, height)
             area = int(mask.sum())
             if area < _MIN_INSIDE * full_area:
                 continue
@@ -159,21 +171,21 @@ def render_image(rng: np.random.Generator, width: int,
             if not hidden_ok:
                 continue
             under = img[mask].mean(axis=0)
-            colour = rng.uniform(0, 255, size=3)
+            fill = draw_colour(rng, cat_idx)
             for _c in range(10):
-                if np.linalg.norm(colour - under) >= _MIN_COLOUR_DIST:
+                if np.linalg.norm(fill - under) >= _MIN_COLOUR_DIST:
                     break
-                colour = rng.uniform(0, 255, size=3)
+                fill = draw_colour(rng, cat_idx)
             else:
-                colour = np.where(under > 127, 20.0, 235.0)  # guaranteed contrast
+                fill = np.where(under > 127, 20.0, 235.0)  # guaranteed contrast
             shading = rng.normal(0.0, 4.0, size=(area, 3))
-            img[mask] = np.clip(colour[None, :] + shading, 0, 255)
-            classes.append(cat_idx + 1)
-            labels[mask] = len(classes)
+            img[mask] = np.clip(fill[None, :] + shading, 0, 255)
+            placed.append(cat_idx + 1)
+            labels[mask] = len(placed)
             break
 
     objects = []
-    for k, cat_id in enumerate(classes, start=1):
+    for k, cat_id in enumerate(placed, start=1):
         visible = labels == k
         box = _tight_box(visible)
         if box is None:  # cannot happen with _MAX_OVERLAP < 1, kept for safety

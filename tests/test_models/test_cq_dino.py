@@ -80,3 +80,69 @@ def test_topk_must_match_head(tmp_path):
     cfg.bbox_head.contrastive_cfg.max_text_len = K + 1
     with pytest.raises(ValueError, match='topk=5 categories but the head expects contrastive_cfg.max_text_len=6'):
         MODELS.build(cfg)
+
+
+def test_selector_only_stage(tmp_path):
+    """Stage 1: only the backbone and the selector train; loss is the selector's; predict returns categories."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(tmp_path)
+    cfg.selector_only = True
+    model = MODELS.build(cfg)
+    model.init_weights()
+    trainable = {n.split('.')[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {'backbone', 'language_model'}
+    model.train()
+    data = batch(model)
+    losses = model.loss(data['inputs'], copy.deepcopy(data['data_samples']))
+    assert set(losses) == {'loss_selector', 'selector_recall'}
+    losses['loss_selector'].backward()
+    assert model.backbone.conv1.weight.grad is not None and model.language_model.scorer.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        out = model.predict(data['inputs'], copy.deepcopy(data['data_samples']))
+        logits = model.language_model(model.backbone(data['inputs'])[-1])['logits']
+    for i, s in enumerate(out):
+        assert len(s.pred_instances) == 0 and s.selected_categories.shape == (K, )
+        assert s.selected_categories.tolist() == logits[i].topk(K).indices.tolist()
+        torch.testing.assert_close(s.selector_scores, logits[i].sigmoid().topk(K).values)
+
+
+def test_same_cleaned_name_categories_stay_distinct(tmp_path):
+    """Two categories whose cleaned names collide (V3Det's 45 pairs, e.g. two "star" classes) are separate labels
+    end to end: targets go to their own slots and predictions come back under their own ids."""
+    torch.manual_seed(0)
+    model = MODELS.build(tiny_cfg(tmp_path))
+    model.init_weights()
+    sel = model.language_model
+    a, b = 3, 4  # say "star (five-pointed)" and "star (six-pointed)"
+    with torch.no_grad():  # make the selector pick both for every image, b ranked above a
+        sel.scorer.weight.zero_()
+        sel.scorer.bias.zero_()
+    orig = sel.forward
+
+    def rigged(img_feat):
+        out = orig(img_feat)
+        out['logits'] = out['logits'].clone()
+        out['logits'][:, b], out['logits'][:, a] = 10.0, 9.0
+        return out
+
+    sel.forward = rigged
+    model.train()
+    data = batch(model, labels=((a, b), (b, )))
+    captured = {}
+    plain = model.bbox_head.loss
+
+    def spy(*args, batch_data_samples, **kw):
+        captured['samples'] = batch_data_samples
+        return plain(*args, batch_data_samples=batch_data_samples, **kw)
+
+    model.bbox_head.loss = spy
+    model.loss(data['inputs'], copy.deepcopy(data['data_samples']))
+    gt0 = captured['samples'][0].gt_instances
+    assert gt0.positive_maps.argmax(1).tolist() == [1, 0], 'a -> slot 1, b -> slot 0 (different slots)'
+    model.eval()
+    with torch.no_grad():
+        out = model.predict(data['inputs'], copy.deepcopy(data['data_samples']))
+    assert out[0].selected_categories[:2].tolist() == [b, a]
+    labels = set(out[0].pred_instances.labels.tolist())
+    assert labels <= set(out[0].selected_categories.tolist())

@@ -34,8 +34,10 @@ def test_config_values(name):
     assert cfg.optim_wrapper.optimizer.lr == 4e-4
     assert cfg.optim_wrapper.paramwise_cfg.custom_keys['language_model'].lr_mult == 0.01
     assert cfg.train_cfg.max_epochs == 24
+    coco, recall = cfg.val_evaluator
+    assert coco.type == 'CocoMetric' and recall.type == 'QVCategoryRecallMetric'
     if name.startswith('v3det'):
-        assert cfg.val_evaluator.use_mp_eval and cfg.val_evaluator.proposal_nums == [300]
+        assert coco.use_mp_eval and coco.proposal_nums == [300]
         assert cfg.model.selector_loss.gamma_neg == 7.0 and cfg.model.selector_loss.clip == 0.05
         assert cfg.train_dataloader.dataset.type == 'V3DetDataset'
     else:
@@ -55,3 +57,17 @@ def test_r50_models_build_offline(name):
     assert model.language_model.category_embed.shape == (EXPECT[name]['classes'], 768)
     assert model.bbox_head.max_text_len == EXPECT[name]['topk']
     assert len(model.encoder.text_layers) == 0
+
+
+@pytest.mark.parametrize('name,stage2', [('v3det_stage1_swinb', 'v3det_swinb'), ('v3det_stage1_r50', 'v3det_r50')])
+def test_stage1_configs(name, stage2):
+    cfg, full = load(name), load(stage2)
+    assert cfg.model.selector_only is True
+    assert [m.type for m in cfg.val_evaluator] == ['QVCategoryRecallMetric']
+    assert cfg.train_cfg.max_epochs == 10  # paper: 10 epochs of stage 1
+    assert cfg.load_from is None
+    # same architecture as the stage-2 model that loads the checkpoint
+    for key in ('backbone', 'language_model', 'neck'):
+        a, b = cfg.model[key].to_dict(), full.model[key].to_dict()
+        a.pop('init_cfg', None), b.pop('init_cfg', None)
+        assert a == b, key

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Generate the synthetic demo-shapes COCO dataset (thin CLI over ``queryvision_mm.datasets.demo_shapes``).
+"""Generate the embedded demo datasets (thin CLI over ``queryvision_mm.datasets.demo_shapes`` / ``demo_v3det``).
 
-Example::
+Examples::
 
-    python tools/misc/make_demo_data.py --out-dir data/demo_shapes --seed 0
+    python tools/misc/make_demo_data.py --out-dir data/demo_shapes --seed 0        # Semi-DETR / Sparse Semi-DETR
+    python tools/misc/make_demo_data.py --kind v3det --out-dir data/demo_v3det     # CQ-DINO (mini V3Det format)
 
 Options: ``--out-dir``, ``--num-labeled``, ``--num-unlabeled``, ``--num-val``, ``--size`` (S or W H),
 ``--seed`` and ``--overwrite``. A second run with the same options returns immediately.
 """
+import importlib
 import importlib.util
 import os.path as osp
 import sys
@@ -15,8 +17,8 @@ import sys
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
-def _load_demo_shapes():
-    """Import ``queryvision_mm.datasets.demo_shapes``, from this checkout if the package isn't installed.
+def _load_demo_module(name='demo_shapes'):
+    """Import ``queryvision_mm.datasets.<name>``, from this checkout if the package isn't installed.
 
     If importing the package fails (e.g. its ``datasets/__init__.py`` needs mmdet, which is not installed
     in this interpreter), the module file is loaded on its own: it only needs numpy and Pillow.
@@ -26,11 +28,10 @@ def _load_demo_shapes():
     except ImportError:
         sys.path.insert(0, REPO_ROOT)
     try:
-        from queryvision_mm.datasets import demo_shapes
-        return demo_shapes
+        return importlib.import_module(f'queryvision_mm.datasets.{name}')
     except ImportError:
-        path = osp.join(REPO_ROOT, 'queryvision_mm', 'datasets', 'demo_shapes.py')
-        spec = importlib.util.spec_from_file_location('queryvision_mm_demo_shapes', path)
+        path = osp.join(REPO_ROOT, 'queryvision_mm', 'datasets', f'{name}.py')
+        spec = importlib.util.spec_from_file_location(f'queryvision_mm_{name}', path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
@@ -38,4 +39,12 @@ def _load_demo_shapes():
 
 
 if __name__ == '__main__':
-    sys.exit(_load_demo_shapes().main())
+    argv = sys.argv[1:]
+    kind = 'shapes'
+    if '--kind' in argv:
+        i = argv.index('--kind')
+        kind = argv[i + 1] if i + 1 < len(argv) else ''
+        del argv[i:i + 2]
+    if kind not in ('shapes', 'v3det'):
+        sys.exit(f'--kind must be shapes or v3det, got {kind!r}')
+    sys.exit(_load_demo_module('demo_shapes' if kind == 'shapes' else 'demo_v3det').main(argv))

@@ -6,6 +6,8 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from mmengine.structures import InstanceData
+
 from mmdet.models.detectors import GroundingDINO
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
@@ -35,6 +37,11 @@ class QVCQDINO(GroundingDINO):
             loss (category ids default to 1..C).
         text_self_attention (bool): Keep Grounding DINO's text self-attention layers in the encoder. CQ-DINO has
             none (the K category tokens do not attend to each other there). Defaults to False.
+        selector_only (bool): Stage-1 pre-training "to establish category recall": only the backbone and the
+            selector are trained (every other parameter gets ``requires_grad=False``), ``loss`` returns the selector
+            loss and recall, and ``predict`` returns the selected categories (``selected_categories``,
+            ``selector_scores``) with empty ``pred_instances`` (evaluate with :class:`QVCategoryRecallMetric`).
+            The stage-2 config loads this checkpoint with ``load_from``. Defaults to False.
         Others: see :class:`mmdet.models.GroundingDINO`.
     """
 
@@ -46,9 +53,15 @@ class QVCQDINO(GroundingDINO):
                      loss_weight=1.0),
                  hierarchy: OptConfigType = None,
                  text_self_attention: bool = False,
+                 selector_only: bool = False,
                  **kwargs) -> None:
         self._text_self_attention = text_self_attention
         super().__init__(language_model, *args, **kwargs)
+        self.selector_only = selector_only
+        if selector_only:
+            for name, param in self.named_parameters():
+                if not name.startswith(('backbone.', 'language_model.')):
+                    param.requires_grad_(False)
         k = self.language_model.topk
         if self.bbox_head.max_text_len != k:
             raise ValueError(f'QVCQDINO: the selector keeps topk={k} categories but the head expects '
@@ -79,9 +92,17 @@ class QVCQDINO(GroundingDINO):
             masks=torch.ones(b, k, k, dtype=torch.bool, device=dev))
 
     # ------------------------------------------------------------------ training
+    def _selector_losses(self, logits: Tensor, indices: Tensor, gt_labels: List[Tensor]) -> dict:
+        targets, weights = self.language_model.image_targets(gt_labels, self.hierarchy)
+        return dict(loss_selector=self.selector_loss(logits, targets, weight=weights),
+                    selector_recall=self.language_model.recall_at_k(indices, gt_labels).detach())
+
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Union[dict, list]:
-        c5, feats = self._features(batch_inputs)
         gt_labels = [s.gt_instances.labels for s in batch_data_samples]
+        if self.selector_only:
+            logits = self.language_model(self.backbone(batch_inputs)[-1])['logits']
+            return self._selector_losses(logits, logits.detach().topk(self.language_model.topk, 1).indices, gt_labels)
+        c5, feats = self._features(batch_inputs)
         sel = self.language_model(c5)
         picked = self.language_model.select(sel['logits'], sel['tokens'], gt_labels if self.training else None)
         k = picked['indices'].size(1)
@@ -100,13 +121,19 @@ class QVCQDINO(GroundingDINO):
             samples.append(new)
         head_inputs = self.forward_transformer(feats, self._text_dict(picked['tokens']), samples)
         losses = self.bbox_head.loss(**head_inputs, batch_data_samples=samples)
-        targets, weights = self.language_model.image_targets(gt_labels, self.hierarchy)
-        losses['loss_selector'] = self.selector_loss(sel['logits'], targets, weight=weights)
-        losses['selector_recall'] = self.language_model.recall_at_k(picked['indices'], gt_labels).detach()
+        losses.update(self._selector_losses(sel['logits'], picked['indices'], gt_labels))
         return losses
 
     # ------------------------------------------------------------------ inference
     def predict(self, batch_inputs: Tensor, batch_data_samples: SampleList, rescale: bool = True) -> SampleList:
+        if self.selector_only:
+            logits = self.language_model(self.backbone(batch_inputs)[-1])['logits']
+            scores, indices = logits.sigmoid().topk(self.language_model.topk, dim=1)
+            for sample, idx, sc in zip(batch_data_samples, indices, scores):
+                sample.pred_instances = InstanceData(
+                    bboxes=sc.new_zeros((0, 4)), scores=sc.new_zeros((0, )), labels=idx.new_zeros((0, )))
+                sample.selected_categories, sample.selector_scores = idx, sc
+            return batch_data_samples
         c5, feats = self._features(batch_inputs)
         sel = self.language_model(c5)
         picked = self.language_model.select(sel['logits'], sel['tokens'])
@@ -116,8 +143,9 @@ class QVCQDINO(GroundingDINO):
             sample.token_positive_map = slot_map
         head_inputs = self.forward_transformer(feats, self._text_dict(picked['tokens']), batch_data_samples)
         results = self.bbox_head.predict(**head_inputs, rescale=rescale, batch_data_samples=batch_data_samples)
-        for sample, res, idx in zip(batch_data_samples, results, picked['indices']):
+        sel_scores = sel['logits'].sigmoid().gather(1, picked['indices'])  # not fused into the box scores (official)
+        for sample, res, idx, sc in zip(batch_data_samples, results, picked['indices'], sel_scores):
             res.labels = idx[res.labels]  # slot -> global label id
             sample.pred_instances = res
-            sample.selected_categories = idx
+            sample.selected_categories, sample.selector_scores = idx, sc
         return batch_data_samples

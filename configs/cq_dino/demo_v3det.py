@@ -1,0 +1,72 @@
+# CQ-DINO demo on the embedded mini V3Det-format set (python tools/misc/make_demo_data.py --kind v3det): the V3Det
+# configuration (tree aggregation from the official tree-JSON schema, parent-masked ASL, V3DetDataset with its class
+# file, CocoMetric at 300 detections + selector recall) shrunk to train on 2 CPU cores in minutes: 14 categories
+# (two named "star" once cleaned, a multi-parent DAG), K = 6 selected per image, ResNet-18 from scratch, 2 encoder +
+# 2 decoder layers, 100 queries, ~160 px images. Category queries start random (no CLIP weights offline; see
+# tools/misc/make_category_embeddings.py to initialise from CLIP text embeddings).
+_base_ = '../_base_/cq_dino_r50_v3det.py'
+
+data_root = 'data/demo_v3det/'
+label_file = 'annotations/category_name_demo_v3det.txt'
+tree_file = data_root + 'annotations/demo_v3det_category_tree.json'
+num_classes = 14
+topk = 6
+max_epochs = 6
+batch_size = 4
+
+model = dict(
+    num_queries=100,
+    backbone=dict(depth=18, frozen_stages=-1, norm_cfg=dict(type='BN', requires_grad=True), norm_eval=False,
+                  init_cfg=None),
+    neck=dict(in_channels=[128, 256, 512]),
+    encoder=dict(num_layers=2),
+    decoder=dict(num_layers=2),
+    dn_cfg=dict(group_cfg=dict(dynamic=True, num_groups=None, num_dn_queries=20)),
+    language_model=dict(
+        num_classes=num_classes, img_in_channels=512, embed_dims=256, kv_dims=128, num_layers=2, num_heads=4,
+        ffn_dims=1024, dropout=0.0, topk=topk,
+        relation=dict(tree_file=tree_file, num_classes=num_classes, max_count=num_classes),
+        embed_file=None),
+    hierarchy=dict(tree_file=tree_file),
+    bbox_head=dict(contrastive_cfg=dict(max_text_len=topk)),
+    test_cfg=dict(max_per_img=100))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='RandomChoiceResize', scales=[(256, s) for s in (144, 160, 176)], keep_ratio=True),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='FixScaleResize', scale=(256, 160), keep_ratio=True, backend='pillow'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(
+    batch_size=batch_size, num_workers=2,
+    dataset=dict(data_root=data_root, label_file=label_file, ann_file='annotations/demo_v3det_train.json',
+                 pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1, num_workers=2,  # as mmdet's DETR configs: DETR outputs depend on batch padding
+    dataset=dict(data_root=data_root, label_file=label_file, ann_file='annotations/demo_v3det_val.json',
+                 pipeline=test_pipeline))
+test_dataloader = val_dataloader
+coco_metric = dict(_base_.coco_metric, ann_file=data_root + 'annotations/demo_v3det_val.json', use_mp_eval=False,
+                   proposal_nums=(1, 10, 100))  # pycocotools' summary needs three; 100 = max_per_img here
+val_evaluator = [coco_metric, _base_.recall_metric]
+test_evaluator = val_evaluator
+
+# trained from scratch here, so the backbone and the selector get the full learning rate
+optim_wrapper = dict(paramwise_cfg=dict(custom_keys={
+    'absolute_pos_embed': dict(decay_mult=0.),
+    'backbone': dict(lr_mult=1.0, decay_mult=1.0),
+    'language_model': dict(lr_mult=1.0, decay_mult=1.0)}))
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=50),
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[5], gamma=0.1),
+]
+default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=max_epochs))
+randomness = dict(seed=0)

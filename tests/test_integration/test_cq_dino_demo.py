@@ -1,0 +1,62 @@
+"""CQ-DINO end to end on a tiny mini-V3Det set with the tools: stage 1 (selector only) -> stage 2 from its
+checkpoint -> tools/test.py with COCO AP and the selector's recall@K, and --show-dir pictures."""
+import glob
+import os.path as osp
+import re
+
+import pytest
+from mmengine.config import Config
+
+from conftest import REPO
+from test_integration.test_tools import PY, run
+
+
+@pytest.fixture(scope='module')
+def tiny_v3det(tmp_path_factory):
+    from queryvision_mm.datasets import generate_demo_v3det
+    return generate_demo_v3det(str(tmp_path_factory.mktemp('demo_v3det')), num_train=8, num_val=3, image_size=112)
+
+
+def shrunk(name, paths, tmp_path):
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'cq_dino', f'{name}.py'))
+    root = paths['data_root'] + '/'
+    for dl in (cfg.train_dataloader, cfg.val_dataloader):
+        dl.dataset.data_root = root
+        dl.num_workers = 0
+        dl.persistent_workers = False
+    cfg.train_dataloader.batch_size = 4
+    cfg.test_dataloader = cfg.val_dataloader
+    tree = osp.join(root, 'annotations/demo_v3det_category_tree.json')
+    cfg.model.language_model.relation.tree_file = tree
+    cfg.model.hierarchy.tree_file = tree
+    for m in cfg.val_evaluator:
+        if m.type == 'CocoMetric':
+            m.ann_file = paths['val']
+    cfg.test_evaluator = cfg.val_evaluator
+    cfg.train_cfg.max_epochs = 1
+    cfg.train_cfg.val_interval = 1
+    cfg.default_hooks.checkpoint.interval = 1
+    path = str(tmp_path / f'{name}.py')
+    cfg.dump(path)
+    return path
+
+
+def test_stage1_then_stage2_then_test(tiny_v3det, tmp_path):
+    s1 = shrunk('demo_v3det_stage1', tiny_v3det, tmp_path)
+    s2 = shrunk('demo_v3det', tiny_v3det, tmp_path)
+    w1, w2 = str(tmp_path / 'w1'), str(tmp_path / 'w2')
+    proc, out = run([PY, 'tools/train.py', s1, '--work-dir', w1])
+    assert proc.returncode == 0, out[-4000:]
+    assert 'loss_selector' in out and 'loss_bbox' not in out, 'stage 1 trains the selector only'
+    assert re.search(r'selector/recall@6: [0-9.]+', out) and 'coco/bbox_mAP' not in out
+    ckpt1 = open(osp.join(w1, 'last_checkpoint')).read().strip()
+    proc, out = run([PY, 'tools/train.py', s2, '--work-dir', w2, '--cfg-options', f'load_from={ckpt1}'])
+    assert proc.returncode == 0, out[-4000:]
+    assert f'Load checkpoint from {ckpt1}' in out
+    assert 'loss_selector' in out and 'dn_loss_cls' in out
+    ckpt2 = open(osp.join(w2, 'last_checkpoint')).read().strip()
+    proc, out = run([PY, 'tools/test.py', s2, ckpt2, '--work-dir', str(tmp_path / 't'), '--show-dir', 'vis'])
+    assert proc.returncode == 0, out[-4000:]
+    for key in ('coco/bbox_mAP', 'coco/bbox_mAP_s', 'selector/recall@6', 'selector/category_recall'):
+        assert re.search(re.escape(key) + r': -?[0-9.]+', out), key
+    assert len(glob.glob(str(tmp_path / 't' / '*' / 'vis' / '*.jpg'))) == 3
