@@ -59,14 +59,19 @@ def build(model_name, num_classes, args):
     from mmdet.registry import MODELS
 
     if model_name == 'dino':
-        m = Config.fromfile('mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py').model
+        import tempfile
+        with tempfile.NamedTemporaryFile('w', suffix='.py', delete=False) as f:  # mmdet:: works in _base_ only
+            f.write("_base_ = 'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py'\n")
+        m = Config.fromfile(f.name).model
+        os.remove(f.name)
         m.bbox_head.num_classes = num_classes
     else:
         m = Config.fromfile(osp.join(REPO, 'configs/cq_dino/v3det_r50.py')).model
-        m.language_model.update(num_classes=num_classes, img_in_channels=512, topk=args.topk, relation=None,
+        k = min(args.topk, num_classes)
+        m.language_model.update(num_classes=num_classes, img_in_channels=512, topk=k, relation=None,
                                 embed_file=None)
         m.hierarchy = None
-        m.bbox_head.contrastive_cfg.max_text_len = args.topk
+        m.bbox_head.contrastive_cfg.max_text_len = k
     m.num_queries = args.num_queries
     m.backbone.update(depth=18, init_cfg=None)
     m.neck.in_channels = [128, 256, 512]
@@ -185,14 +190,14 @@ def main():
 def report(results, args, limit):
     import torch
     cs = sorted(args.classes)
-    c0 = cs[0]
+    c0 = min([c for c in cs if c >= args.topk] or cs)  # slopes from here: below K, CQ-DINO's K (= C) differs
 
     def cell(r, key, fmt):
-        return fmt.format(r[key]) if r.get('status') == 'ok' else 'out of memory'
+        return fmt.format(r[key]) if r.get(key) is not None else 'out of memory'
 
     def per_cat(name, c, mode):
         a, b = results.get((name, c0, mode)), results.get((name, c, mode))
-        if not a or not b or a.get('status') != 'ok' or b.get('status') != 'ok' or c == c0:
+        if not a or not b or a.get('status') != 'ok' or b.get('status') != 'ok' or c <= c0:
             return None
         return (b['peak_mb'] - a['peak_mb']) * 2**20 / (c - c0)
 
@@ -201,7 +206,8 @@ def report(results, args, limit):
         f'Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, device `{args.device}`, '
         f'torch {torch.__version__}. One shrunk body (ResNet-18, 1 encoder + 6 decoder layers, '
         f'{args.num_queries} queries), one {args.size}x{args.size} image with 10 boxes; CQ-DINO with the official '
-        f'selector (768-d, 2 layers, FFN 3072), K = {args.topk}, no relation module. Memory: {mem_kind}'
+        f'selector (768-d, 2 layers, FFN 3072), K = {args.topk} (K = C below that), no relation module. '
+        f'Memory: {mem_kind}'
         + (f', address space limited to {limit / 2**30:.1f} GiB per run' if limit else '') +
         '. Bytes per category = slope of the peak between '
         f'C = {c0} and C. Median of 2 runs after a warm-up up to 20k classes, one run above.', '']
@@ -226,10 +232,11 @@ def report(results, args, limit):
                           f"peak memory {cq['peak_mb'] / dn['peak_mb']:.2f}x, step time "
                           f"{cq['step_s'] / dn['step_s']:.2f}x."]
         lines.append('')
-    pc = {n: (results[(n, cs[-1], args.modes[0])], results[(n, c0, args.modes[0])]) for n in MODELS_}
-    if all(a.get('params') and b.get('params') for a, b in pc.values()):
+    cmax = max([c for c in cs if all(results[(n, c, args.modes[0])].get('params') for n in MODELS_)] or [c0])
+    if cmax > c0:
         lines.append('Parameters per category (slope): ' + ', '.join(
-            f"{n} {(a['params'] - b['params']) / (cs[-1] - c0):.0f}" for n, (a, b) in pc.items()) + '.')
+            f"{n} {(results[(n, cmax, args.modes[0])]['params'] - results[(n, c0, args.modes[0])]['params']) / (cmax - c0):.0f}"
+            for n in MODELS_) + '.')
     return '\n'.join(lines).rstrip()
 
 
