@@ -28,16 +28,21 @@ def load_module_from_path(name, path):
 
 
 @pytest.fixture(autouse=True)
-def _mmdet_scope():
-    """Every test runs with mmdet's default scope and our modules registered."""
+def _mmdet_scope(request):
+    """Every test runs with mmdet's default scope and our modules registered; modules that set
+    ``DEFAULT_SCOPE = 'mmpretrain'`` (classification / retrieval) get mmpretrain's."""
     import queryvision_mm  # noqa: F401
     from mmdet.utils import register_all_modules
     from mmengine.registry import DefaultScope
     register_all_modules(init_default_scope=False)
+    scope = getattr(request.module, 'DEFAULT_SCOPE', 'mmdet')
+    if scope == 'mmpretrain':
+        from mmpretrain.utils import register_all_modules as register_mmpretrain
+        register_mmpretrain(init_default_scope=False)
     name = f'qv-test-{os.getpid()}-{id(object())}'
-    with DefaultScope.overwrite_default_scope('mmdet'):
+    with DefaultScope.overwrite_default_scope(scope):
         if DefaultScope.get_current_instance() is None:
-            DefaultScope.get_instance(name, scope_name='mmdet')
+            DefaultScope.get_instance(name, scope_name=scope)
         yield
 
 

@@ -1,0 +1,3 @@
+from .clip_vision_tokens import QVCLIPVisionTokens
+
+__all__ = ['QVCLIPVisionTokens']

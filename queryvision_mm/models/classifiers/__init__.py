@@ -1,0 +1,3 @@
+from .qks import QVQKSClassifier
+
+__all__ = ['QVQKSClassifier']

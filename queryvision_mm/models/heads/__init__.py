@@ -1,0 +1,3 @@
+from .qks_head import QVCLIPZeroShotHead, QVQKSHead
+
+__all__ = ['QVCLIPZeroShotHead', 'QVQKSHead']

@@ -1,0 +1,3 @@
+from .qformer import QVQFormerNeck
+
+__all__ = ['QVQFormerNeck']
