@@ -83,7 +83,8 @@ def main(argv=None):
 
     cfg = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 
-    cfg.load_from = args.checkpoint
+    # 'none': models whose weights all come from their config (e.g. zero-shot CLIP from its own weights file)
+    cfg.load_from = None if args.checkpoint.lower() == 'none' else args.checkpoint
 
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)

@@ -103,3 +103,19 @@ def test_make_category_embeddings_tool(tiny_clip, tmp_path):
         tool.main([str(tmp_path / 'nope.txt'), out, '--model', name])
     with pytest.raises(SystemExit, match='random weights'):
         tool.main([str(ann), out, '--model', 'ViT-B-16'])
+
+
+def test_qks_prompt_pool_and_seen_unseen_lists(tiny_clip, tmp_path):
+    from conftest import REPO, load_module_from_path
+    tool = load_module_from_path('qv_make_category_embeddings2', f'{REPO}/tools/misc/make_category_embeddings.py')
+    pool = tool.read_templates('qks_pool')
+    assert len(pool) == 85 and pool[-1] == 'this is one {} in the scene.' and pool[0] == 'a bad photo of a {}.'
+    _, model, tokenizer, name = tiny_clip
+    (tmp_path / 'seen.txt').write_text('cat\ndog\n')
+    (tmp_path / 'unseen.txt').write_text('bus\n')
+    out = str(tmp_path / 'labels.safetensors')
+    assert tool.main([str(tmp_path / 'seen.txt'), str(tmp_path / 'unseen.txt'), out, '--model', name,
+                      '--templates', 'qks_pool']) == 0
+    emb, names, meta = load_class_embeddings(out, expected_class_names=['cat', 'dog', 'bus'])
+    torch.testing.assert_close(emb, encode_class_names(model, tokenizer, names, pool))
+    assert meta['classes_file'] == 'seen.txt,unseen.txt' and meta['num_templates'] == '85'

@@ -1,8 +1,12 @@
 #!/usr/bin/env python
 """Class-name text embeddings with open_clip, saved as safetensors with the class list (and ids) in the metadata.
 
-    python tools/misc/make_category_embeddings.py CLASSES OUT.safetensors --model MODEL [--pretrained WEIGHTS]
-        [--templates single|ensemble|FILE] [--normalize-each] [--normalize-mean] [--batch-size 256] [--device cpu]
+    python tools/misc/make_category_embeddings.py CLASSES [CLASSES ...] OUT.safetensors --model MODEL
+        [--pretrained WEIGHTS] [--templates single|ensemble|qks_pool|scene|FILE] [--normalize-each]
+        [--normalize-mean] [--batch-size 256] [--device cpu]
+
+QKS: ``... data/nuswide/labels_seen.txt data/nuswide/labels_unseen.txt OUT --templates qks_pool`` (85-template
+prompt pool, unnormalised mean, seen labels first); its zero-shot CLIP baseline: ``--templates scene``.
 
 CLASSES: a text file with one class name per line (e.g. V3Det's ``category_name_13204_v3det_2023_v1.txt``, label
 order = line order) or a COCO-format JSON (categories in id order, as mmdet's CocoDataset/V3DetDataset labels; the
@@ -45,6 +49,30 @@ TEMPLATE_SETS = {
 }
 
 
+def _qks_pool():
+    """QKS's prompt pool: CLIP's 80 ImageNet templates (as shipped by open_clip) + 5 scene templates."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+    return [t('{}') for t in OPENAI_IMAGENET_TEMPLATES] + [
+        'there is a {} in the scene.', 'there is the {} in the scene.', 'this is a {} in the scene.',
+        'this is the {} in the scene.', 'this is one {} in the scene.']
+
+
+LAZY_TEMPLATE_SETS = {
+    'qks_pool': _qks_pool,  # QKS label embeddings (85 templates, unnormalised mean)
+    'scene': lambda: ['There is a {} in the scene'],  # the MKT / QKS zero-shot CLIP baseline
+}
+
+
+def read_classes_files(paths):
+    """Concatenate several class lists (e.g. seen then unseen labels) into one (names, ids or None)."""
+    names, ids = [], []
+    for path in paths:
+        n, i = read_classes(path)
+        names += n
+        ids = None if (ids is None or i is None) else ids + i
+    return names, ids  # repeated names are legitimate (V3Det's cleaned-name collisions): rows are kept by position
+
+
 def read_classes(path):
     """(names, ids or None) from a text file (one name per line) or a COCO-format JSON (categories by id)."""
     if not osp.isfile(path):
@@ -76,26 +104,34 @@ def read_classes(path):
 def read_templates(spec):
     if spec in TEMPLATE_SETS:
         return TEMPLATE_SETS[spec]
+    if spec in LAZY_TEMPLATE_SETS:
+        return LAZY_TEMPLATE_SETS[spec]()
     if not osp.isfile(spec):
-        raise FileNotFoundError(f'--templates: {spec!r} is neither a preset {sorted(TEMPLATE_SETS)} nor a file')
+        raise FileNotFoundError(f'--templates: {spec!r} is neither a preset '
+                                f'{sorted(TEMPLATE_SETS) + sorted(LAZY_TEMPLATE_SETS)} nor a file')
     with open(spec, encoding='utf-8') as f:
         return [line.rstrip('\n') for line in f if line.strip()]
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('classes')
-    p.add_argument('out')
+    p.add_argument('classes', nargs='+', help='class list(s): txt (one name per line) or COCO json; several files '
+                   'are concatenated in order (QKS: seen labels, then unseen labels); the last argument is OUT')
     p.add_argument('--model', required=True, help='open_clip "local-dir:/folder" or a built-in name')
     p.add_argument('--pretrained', default=None, help='local weights file for a built-in model name')
-    p.add_argument('--templates', default='single', help=f'preset {sorted(TEMPLATE_SETS)} or a file, one per line')
+    p.add_argument('--templates', default='single',
+                   help=f'preset {sorted(TEMPLATE_SETS) + sorted(LAZY_TEMPLATE_SETS)} or a file, one per line')
     p.add_argument('--normalize-each', action='store_true', help='L2-normalise each prompt before averaging')
     p.add_argument('--normalize-mean', action='store_true', help='L2-normalise the averaged embedding')
     p.add_argument('--batch-size', type=int, default=256)
     p.add_argument('--device', default='cpu')
     p.add_argument('--allow-random-weights', action='store_true',
                    help='permit a built-in model name without --pretrained (random weights; tests only)')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if len(args.classes) < 2:
+        p.error('give at least one class list and the output file')
+    args.classes, args.out = args.classes[:-1], args.classes[-1]
+    return args
 
 
 def main(argv=None):
@@ -105,7 +141,7 @@ def main(argv=None):
     from queryvision_mm.utils.open_clip_loader import load_open_clip
     from queryvision_mm.utils.text_embeddings import (encode_class_names, load_class_embeddings,
                                                       save_class_embeddings, templates_digest)
-    names, ids = read_classes(args.classes)
+    names, ids = read_classes_files(args.classes)
     templates = read_templates(args.templates)
     if not args.model.startswith('local-dir:') and args.pretrained is None and not args.allow_random_weights:
         sys.exit(f'--model {args.model} without --pretrained would use random weights; pass a local weights file '
@@ -116,7 +152,7 @@ def main(argv=None):
                              progress=True)
     meta = dict(model=args.model, pretrained=osp.basename(args.pretrained or ''), templates=templates_digest(templates),
                 num_templates=len(templates), normalize_each=args.normalize_each, normalize_mean=args.normalize_mean,
-                classes_file=osp.basename(args.classes))
+                classes_file=','.join(osp.basename(c) for c in args.classes))
     if ids is not None:
         meta['category_ids'] = json.dumps(ids)
     save_class_embeddings(args.out, emb, names, meta=meta)
