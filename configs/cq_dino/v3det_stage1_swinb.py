@@ -2,8 +2,8 @@
 # "to establish category recall" (paper: 10 epochs; the official repository ships only stage 2, which loads this
 # checkpoint via load_from). Only the selector's asymmetric loss is trained (model.selector_only=True freezes every
 # other parameter); evaluation reports the selector's recall@100 and category recall (ARC), no boxes.
-# The optimiser settings of stage 1 are not published: ours are AdamW 1e-4, backbone x0.1, step at epoch 8.
-_base_ = './v3det_swinb.py'
+# Optimiser and schedule: configs/_base_/cq_dino_stage1.py (not published; our choice).
+_base_ = ['./v3det_swinb.py', '../_base_/cq_dino_stage1.py']
 
 model = dict(
     selector_only=True,
@@ -15,15 +15,6 @@ model = dict(
 load_from = None
 val_evaluator = [_base_.recall_metric]
 test_evaluator = val_evaluator
-optim_wrapper = dict(
-    optimizer=dict(lr=1e-4),
-    paramwise_cfg=dict(custom_keys={
-        'absolute_pos_embed': dict(decay_mult=0.),
-        'backbone': dict(lr_mult=0.1, decay_mult=1.0),
-        'language_model': dict(lr_mult=1.0, decay_mult=1.0)}))
-max_epochs = 10
-train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=1000),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[8], gamma=0.1),
-]
+optim_wrapper = _base_.stage1_optim_wrapper
+train_cfg = dict(max_epochs=_base_.stage1_max_epochs, val_interval=_base_.stage1_max_epochs)
+param_scheduler = _base_.stage1_param_scheduler

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import os.path as osp
+import re
 import shutil
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -89,7 +90,6 @@ _DESC = {
 
 def clean_name(name: str) -> str:
     """The official CQ-DINO's name cleaning (drop "(...)", "_" -> " ", lower case): shown to collide here."""
-    import re
     return re.sub(r'\s+', ' ', re.sub(r'\(.*?\)', '', name).replace('_', ' ')).strip().lower()
 
 

@@ -1,7 +1,7 @@
 """Open-vocabulary multi-label classification data (QKS): seen + unseen labels, explicit or implicit negatives."""
 from typing import List, Optional
 
-from mmengine.fileio import load
+from mmengine.fileio import join_path, load
 
 from mmpretrain.datasets import BaseDataset
 from mmpretrain.registry import DATASETS
@@ -57,16 +57,12 @@ class QVZSLMultiLabelDataset(BaseDataset):
                 if bad:
                     what = 'a seen label index' if self.seen_only else f'a label index < {n}'
                     raise ValueError(f'{self.ann_file}: {item["img_path"]}: {key} {bad[0]!r} is not {what}')
-            info = dict(img_path=self._join_prefix_path(item['img_path']), gt_label=list(item['gt_label']))
+            info = dict(img_path=join_path(self.img_prefix, item['img_path']) if self.img_prefix else item['img_path'],
+                        gt_label=list(item['gt_label']))
             if 'gt_negative' in item:
                 info['gt_negative'] = list(item['gt_negative'])
             out.append(info)
         return out
-
-    def _join_prefix_path(self, path: str) -> str:
-        from mmengine.fileio import join_path
-        prefix = self.data_prefix.get('img_path', '')
-        return join_path(prefix, path) if prefix else path
 
     def get_cat_ids(self, idx: int) -> List[int]:
         return list(self.get_data_info(idx)['gt_label'])

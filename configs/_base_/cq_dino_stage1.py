@@ -1,0 +1,15 @@
+# CQ-DINO stage-1 recipe (selector pre-training), shared by configs/cq_dino/v3det_stage1_*.py. The paper gives
+# 10 epochs and no optimiser settings: ours are AdamW 1e-4, backbone x0.1, selector x1, step at epoch 8. Names are
+# prefixed so that this file can be a second base next to a stage-2 config (mmengine forbids duplicate keys across
+# bases); the child assigns them.
+stage1_max_epochs = 10
+stage1_optim_wrapper = dict(
+    optimizer=dict(lr=1e-4),
+    paramwise_cfg=dict(custom_keys={
+        'absolute_pos_embed': dict(decay_mult=0.),
+        'backbone': dict(lr_mult=0.1, decay_mult=1.0),
+        'language_model': dict(lr_mult=1.0, decay_mult=1.0)}))
+stage1_param_scheduler = [
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=1000),
+    dict(type='MultiStepLR', begin=0, end=stage1_max_epochs, by_epoch=True, milestones=[8], gamma=0.1),
+]
