@@ -7,6 +7,9 @@
 #   CQ-DINO: bash tools/run_demo.sh configs/cq_dino/demo_v3det.py -- when CONFIG_stage1.py exists it is trained
 #   first (selector pre-training) and CONFIG starts from its checkpoint (load_from); predictions are drawn with
 #   tools/test.py --show-dir.
+#   QKS: bash tools/run_demo.sh configs/qks/demo_photos.py -- builds the real-photo demo set, a randomly initialised
+#   CLIP (no weights can be downloaded) and its prompt-pool label embeddings, trains on seen labels and tests
+#   seen / ZSL / GZSL.
 # Usage: bash tools/run_demo.sh [CONFIG] [extra tools/train.py args]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,8 +21,15 @@ shift $(( $# > 0 ? 1 : 0 ))
 NAME="$(basename "${CONFIG%.py}")"
 WORK="${WORK_DIR:-work_dirs/$(basename "$(dirname "$CONFIG")")_$NAME}"
 t0=$(date +%s)
-"$PY" tools/misc/make_demo_data.py --out-dir data/demo_shapes
-"$PY" tools/misc/make_demo_data.py --kind v3det --out-dir data/demo_v3det
+case "$CONFIG" in
+  *qks*)
+    "$PY" tools/misc/make_demo_data.py --kind qks --out-dir data/demo_qks --random-clip
+    "$PY" tools/misc/make_category_embeddings.py data/demo_qks/labels_seen.txt data/demo_qks/labels_unseen.txt \
+      data/demo_qks/label_embeddings_qks_pool.safetensors --model local-dir:data/demo_qks/clip_random \
+      --templates qks_pool ;;
+  *cq_dino*) "$PY" tools/misc/make_demo_data.py --kind v3det --out-dir data/demo_v3det ;;
+  *) "$PY" tools/misc/make_demo_data.py --out-dir data/demo_shapes ;;
+esac
 STAGE1="${CONFIG%.py}_stage1.py"
 if [[ -f "$STAGE1" ]]; then
   "$PY" tools/train.py "$STAGE1" --work-dir "${WORK}_stage1" "$@"
@@ -32,6 +42,9 @@ if grep -q "semi_detr" <<< "$CONFIG"; then
   "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test"
   PICTURE="$WORK/pseudo_labels_vs_student.png"
   "$PY" tools/misc/visualize_pseudo_labels.py "$CONFIG" "$CKPT" --out "$PICTURE"
+elif grep -q "qks" <<< "$CONFIG"; then
+  "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test"
+  PICTURE="(none: classification; metrics in $WORK/test/<timestamp>/<timestamp>.log)"
 else
   "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test" --show-dir vis
   PICTURE="$WORK/test/<timestamp>/vis/"

@@ -5,8 +5,10 @@ Examples::
 
     python tools/misc/make_demo_data.py --out-dir data/demo_shapes --seed 0        # Semi-DETR / Sparse Semi-DETR
     python tools/misc/make_demo_data.py --kind v3det --out-dir data/demo_v3det     # CQ-DINO (mini V3Det format)
+    python tools/misc/make_demo_data.py --kind qks --out-dir data/demo_qks --random-clip   # QKS (real photos)
 
-Options: ``--out-dir``, ``--num-labeled``, ``--num-unlabeled``, ``--num-val``, ``--size`` (S or W H),
+Options (shapes; the other kinds list theirs with ``--kind K --help``): ``--out-dir``, ``--num-labeled``,
+``--num-unlabeled``, ``--num-val``, ``--size`` (S or W H),
 ``--seed`` and ``--overwrite``. A second run with the same options returns immediately.
 """
 import importlib
@@ -45,6 +47,7 @@ if __name__ == '__main__':
         i = argv.index('--kind')
         kind = argv[i + 1] if i + 1 < len(argv) else ''
         del argv[i:i + 2]
-    if kind not in ('shapes', 'v3det'):
-        sys.exit(f'--kind must be shapes or v3det, got {kind!r}')
-    sys.exit(_load_demo_module('demo_shapes' if kind == 'shapes' else 'demo_v3det').main(argv))
+    modules = dict(shapes='demo_shapes', v3det='demo_v3det', qks='demo_photos')
+    if kind not in modules:
+        sys.exit(f'--kind must be one of {sorted(modules)}, got {kind!r}')
+    sys.exit(_load_demo_module(modules[kind]).main(argv))
