@@ -8,3 +8,4 @@ from .backbones import *  # noqa: F401,F403
 from .classifiers import *  # noqa: F401,F403
 from .heads import *  # noqa: F401,F403
 from .necks import *  # noqa: F401,F403
+from .retrievers import *  # noqa: F401,F403
