@@ -1,3 +1,8 @@
+from .mao import QVMaODescriber
+from .mao_components import (QVDINOv2CropEncoder, QVOpenCLIPCropEncoder, QVOWLv2Objectness, QVSAMBoxMasks,
+                             build_sam_from_arch, crop_padded, square_crop_box)
 from .mao_refiner import MaORefiner, refine_or_fallback, soft_dice_loss, soft_iou, whole_image_fallback
 
-__all__ = ['MaORefiner', 'refine_or_fallback', 'soft_dice_loss', 'soft_iou', 'whole_image_fallback']
+__all__ = ['MaORefiner', 'QVDINOv2CropEncoder', 'QVMaODescriber', 'QVOWLv2Objectness', 'QVOpenCLIPCropEncoder',
+           'QVSAMBoxMasks', 'build_sam_from_arch', 'crop_padded', 'refine_or_fallback', 'soft_dice_loss', 'soft_iou',
+           'square_crop_box', 'whole_image_fallback']
