@@ -10,6 +10,9 @@
 #   QKS: bash tools/run_demo.sh configs/qks/demo_photos.py -- builds the real-photo demo set, a randomly initialised
 #   CLIP (no weights can be downloaded) and its prompt-pool label embeddings, trains on seen labels and tests
 #   seen / ZSL / GZSL.
+#   MaO: bash tools/run_demo.sh configs/mao/demo_photos.py -- builds the small-object gallery from real photos and
+#   random OWLv2 / SAM / CLIP stand-ins, describes and indexes the gallery (tools/mao/extract.py: proposals, masks,
+#   crops, stage B), evaluates the queries (mAP, Recall@K) and draws a search grid with LeGrad heatmaps.
 # Usage: bash tools/run_demo.sh [CONFIG] [extra tools/train.py args]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +30,16 @@ case "$CONFIG" in
     "$PY" tools/misc/make_category_embeddings.py data/demo_qks/labels_seen.txt data/demo_qks/labels_unseen.txt \
       data/demo_qks/label_embeddings_qks_pool.safetensors --model local-dir:data/demo_qks/clip_random \
       --templates qks_pool ;;
+  *mao*)
+    "$PY" tools/misc/make_demo_data.py --kind mao --out-dir data/demo_mao --random-clip
+    WORK="${WORK_DIR:-work_dirs/mao_$NAME}"
+    "$PY" tools/mao/extract.py "$CONFIG" --work-dir "$WORK"
+    BOX="$("$PY" -c "import json; print(*json.load(open('data/demo_mao/annotations/anns.json'))['images/query/cup_0.jpg']['bbox'])")"
+    # shellcheck disable=SC2086
+    "$PY" tools/mao/search.py "$CONFIG" data/demo_mao/images/query/cup_0.jpg --box $BOX \
+      --index "$WORK/index" --topk 5 --out "$WORK/search_cup_0.png"
+    echo "[run_demo] done in $(( $(date +%s) - t0 )) s: index $WORK/index, results $WORK/results.json, picture $WORK/search_cup_0.png"
+    exit 0 ;;
   *cq_dino*) "$PY" tools/misc/make_demo_data.py --kind v3det --out-dir data/demo_v3det ;;
   *) "$PY" tools/misc/make_demo_data.py --out-dir data/demo_shapes ;;
 esac

@@ -143,6 +143,77 @@ def generate_demo_qks(out_dir: str, crops_train: int = 12, crops_val: int = 3, s
     return counts
 
 
+# ------------------------------------------------------------------------------------------- MaO (SoIR) demo
+# small objects cut from photos (key, crop box in the source photo) -> instance ids 0, 1, 2
+SOIR_OBJECTS = (('gift', 'present', None), ('cup', 'coffee', (40, 10, 380, 330)), ('cat', 'chelsea', (140, 20, 330, 200)))
+SOIR_BACKGROUNDS = ('china', 'flower', 'brick', 'grass', 'hubble', 'coins', 'camera', 'astronaut', 'motorcycle_left',
+                    'page', 'horse', 'grace_hopper')
+
+
+def _paste(canvas: Image.Image, obj: Image.Image, side: int, rng: np.random.Generator):
+    w, h = obj.size
+    s = side / max(w, h)
+    obj = obj.resize((max(4, round(w * s)), max(4, round(h * s))), Image.BICUBIC)
+    x = int(rng.integers(0, canvas.width - obj.width + 1))
+    y = int(rng.integers(0, canvas.height - obj.height + 1))
+    canvas.paste(obj, (x, y))
+    return [x, y, x + obj.width, y + obj.height]
+
+
+def generate_demo_soir(out_dir: str, size: Tuple[int, int] = (240, 180), object_side: Tuple[int, int] = (26, 40),
+                       queries_per_object: int = 2, seed: int = 0, overwrite: bool = False) -> Dict[str, int]:
+    """Tiny small-object retrieval set (MaO demo) in the generic SoIR JSON format (``annotations/anns.json``).
+
+    Gallery: 12 photos (``SOIR_BACKGROUNDS``), each with 0-2 of 3 objects cut from other photos (a gift box, a coffee
+    cup, a cat's head) pasted at 26-40 px on a 240x180 image (about 1.5-4 % of the image area); 2 gallery images hold
+    no object. Queries: each object at about 100 px on a grey canvas, with its box. Deterministic for a seed.
+    """
+    params = dict(size=list(size), object_side=list(object_side), queries_per_object=queries_per_object, seed=seed,
+                  objects=[list(o[:2]) for o in SOIR_OBJECTS], backgrounds=list(SOIR_BACKGROUNDS))
+    marker = osp.join(out_dir, '.complete')
+    if not overwrite and osp.isfile(marker):
+        with open(marker) as f:
+            done = json.load(f)
+        if done.get('params') == params:
+            return done['counts']
+    if osp.isdir(osp.join(out_dir, 'images')):
+        shutil.rmtree(osp.join(out_dir, 'images'))
+    os.makedirs(osp.join(out_dir, 'images', 'gallery'))
+    os.makedirs(osp.join(out_dir, 'images', 'query'))
+    rng = np.random.default_rng(seed)
+    paths = locate_photos()
+    objects = []
+    for _, key, box in SOIR_OBJECTS:
+        im = load_rgb(paths[key])
+        objects.append(im.crop(box) if box else im)
+    # which objects each gallery image holds: each instance in 4-5 images, two images without any
+    layout = [(0, ), (1, ), (2, ), (0, 1), (1, 2), (0, 2), (), (0, ), (1, ), (2, ), (), (0, 1)]
+    anns = {}
+    for i, (bg_key, objs) in enumerate(zip(SOIR_BACKGROUNDS, layout)):
+        bg = load_rgb(paths[bg_key])
+        canvas = _crop(rng, bg, max(size), 0.8).resize(size, Image.BICUBIC)
+        boxes = [_paste(canvas, objects[o], int(rng.integers(object_side[0], object_side[1] + 1)), rng)
+                 for o in objs]
+        rel = f'images/gallery/{i:02d}_{bg_key}.jpg'
+        canvas.save(osp.join(out_dir, rel), quality=92)
+        anns[rel] = dict(bbox=boxes, ins=list(objs), is_query=False, set='demo')
+    for o, (name, _, _) in enumerate(SOIR_OBJECTS):
+        for k in range(queries_per_object):
+            grey = int(rng.integers(90, 170))
+            canvas = Image.new('RGB', (160, 160), (grey, grey, grey))
+            box = _paste(canvas, objects[o], int(rng.integers(90, 121)), rng)
+            rel = f'images/query/{name}_{k}.jpg'
+            canvas.save(osp.join(out_dir, rel), quality=92)
+            anns[rel] = dict(bbox=box, ins=o, is_query=True, set='demo', obj_name=name)
+    os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
+    with open(osp.join(out_dir, 'annotations', 'anns.json'), 'w') as f:
+        json.dump(anns, f, indent=1)
+    counts = dict(gallery=len(SOIR_BACKGROUNDS), queries=len(SOIR_OBJECTS) * queries_per_object)
+    with open(marker, 'w') as f:
+        json.dump(dict(params=params, counts=counts), f)
+    return counts
+
+
 # the demo's CLIP: open_clip's own CLIP class, ViT image tower and text tower of the real family, shrunk
 DEMO_CLIP = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=3, width=128, patch_size=8, head_width=64),
                  text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
@@ -168,17 +239,56 @@ def make_random_clip(out_dir: str, model_cfg: Optional[dict] = None, seed: int =
     return save_open_clip_dir(open_clip.CLIP(**model_cfg), model_cfg, out_dir)
 
 
+# random stand-ins for the MaO demo (no OWLv2 / SAM / CLIP weights can be downloaded here), real classes, small
+DEMO_OWLV2 = dict(text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                   vocab_size=1000, max_position_embeddings=16),
+                  vision_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                                     image_size=256, patch_size=16), projection_dim=32)
+DEMO_SAM_ARCH = dict(img_size=256, patch_size=16, embed_dim=64, depth=2, num_heads=2, prompt_dim=32, mlp_dim=64,
+                     decoder_depth=1, decoder_heads=2)
+
+
+def make_random_mao_models(out_dir: str, seed: int = 0) -> Dict[str, str]:
+    """Save random OWLv2 (transformers folder), SAM (state dict of segment-anything's Sam at ``DEMO_SAM_ARCH``) and
+    CLIP (open_clip local-dir) stand-ins under ``out_dir``; they load through the same loaders as real weights."""
+    import torch
+    import transformers
+    from segment_anything.modeling import Sam  # noqa: F401  (fail early when segment-anything is missing)
+
+    from queryvision_mm.models.retrievers.mao_components import build_sam_from_arch
+    paths = dict(owlv2=osp.join(out_dir, 'owlv2_random'), sam=osp.join(out_dir, 'sam_random.pth'),
+                 clip=osp.join(out_dir, 'clip_random'))
+    if not osp.isfile(osp.join(paths['owlv2'], 'config.json')):
+        torch.manual_seed(seed)
+        transformers.Owlv2ForObjectDetection(transformers.Owlv2Config(**DEMO_OWLV2)).save_pretrained(paths['owlv2'])
+    if not osp.isfile(paths['sam']):
+        torch.manual_seed(seed)
+        torch.save(build_sam_from_arch(**DEMO_SAM_ARCH).state_dict(), paths['sam'])
+    make_random_clip(paths['clip'], seed=seed)
+    return paths
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description='QKS demo set from real photos shipped by installed packages')
-    p.add_argument('--out-dir', default='data/demo_qks')
+    p.add_argument('--task', choices=('qks', 'mao'), default='qks',
+                   help='qks: multi-label set (default); mao: small-object retrieval gallery + queries')
+    p.add_argument('--out-dir', default=None, help='default data/demo_qks or data/demo_mao')
     p.add_argument('--crops-train', type=int, default=12)
     p.add_argument('--crops-val', type=int, default=3)
     p.add_argument('--size', type=int, default=96)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--overwrite', action='store_true')
     p.add_argument('--random-clip', action='store_true',
-                   help='also save a randomly initialised CLIP (DEMO_CLIP) to OUT_DIR/clip_random (needs open_clip)')
+                   help='also save a randomly initialised CLIP (DEMO_CLIP) to OUT_DIR/clip_random (needs open_clip); '
+                   'with --task mao also random OWLv2 and SAM stand-ins')
     args = p.parse_args(argv)
+    if args.task == 'mao':
+        out = args.out_dir or 'data/demo_mao'
+        print(f'demo photos (MaO) in {out}: {generate_demo_soir(out, seed=args.seed, overwrite=args.overwrite)}')
+        if args.random_clip:
+            print('random OWLv2 / SAM / CLIP (no real weights offline):', make_random_mao_models(out))
+        return 0
+    args.out_dir = args.out_dir or 'data/demo_qks'
     counts = generate_demo_qks(args.out_dir, args.crops_train, args.crops_val, args.size, seed=args.seed,
                                overwrite=args.overwrite)
     print(f'demo photos (QKS) in {args.out_dir}: {counts}')

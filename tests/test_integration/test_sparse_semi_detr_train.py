@@ -27,7 +27,10 @@ def on_demo_data(name, data_root, max_iters, switch_iter):
     return shrink_semi_detr_cfg(cfg, data_root=data_root, max_iters=max_iters, switch_iter=switch_iter)
 
 
-@pytest.mark.parametrize('name', ['coco_1pct', 'coco_5pct', 'coco_10pct', 'coco_full', 'voc'])
+# coco_1pct / coco_5pct differ from coco_10pct only in annotation file names and Table 8 values (checked for all five
+# configs in test_models/test_sparse_semi_detr.py::test_paper_configs_have_table8_values); training them too cost
+# ~30 s of the 10-minute suite budget
+@pytest.mark.parametrize('name', ['coco_10pct', 'coco_full', 'voc'])
 def test_paper_config_trains_on_demo_data_through_the_switch(name, tiny_demo_data, tmp_path):
     from mmengine.runner import Runner
     cfg = on_demo_data(name, tiny_demo_data, max_iters=2, switch_iter=1)

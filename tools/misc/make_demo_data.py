@@ -6,6 +6,7 @@ Examples::
     python tools/misc/make_demo_data.py --out-dir data/demo_shapes --seed 0        # Semi-DETR / Sparse Semi-DETR
     python tools/misc/make_demo_data.py --kind v3det --out-dir data/demo_v3det     # CQ-DINO (mini V3Det format)
     python tools/misc/make_demo_data.py --kind qks --out-dir data/demo_qks --random-clip   # QKS (real photos)
+    python tools/misc/make_demo_data.py --kind mao --out-dir data/demo_mao                 # MaO (small objects)
 
 Options (shapes; the other kinds list theirs with ``--kind K --help``): ``--out-dir``, ``--num-labeled``,
 ``--num-unlabeled``, ``--num-val``, ``--size`` (S or W H),
@@ -47,7 +48,9 @@ if __name__ == '__main__':
         i = argv.index('--kind')
         kind = argv[i + 1] if i + 1 < len(argv) else ''
         del argv[i:i + 2]
-    modules = dict(shapes='demo_shapes', v3det='demo_v3det', qks='demo_photos')
+    modules = dict(shapes='demo_shapes', v3det='demo_v3det', qks='demo_photos', mao='demo_photos')
     if kind not in modules:
         sys.exit(f'--kind must be one of {sorted(modules)}, got {kind!r}')
+    if kind in ('qks', 'mao'):
+        argv = ['--task', kind] + argv
     sys.exit(_load_demo_module(modules[kind]).main(argv))

@@ -91,7 +91,7 @@ class MaORefiner:
             (g, ) = torch.autograd.grad(loss, v, retain_graph=True)
             v.grad = g
             opt.step()
-            history.append(float(loss))
+            history.append(float(loss.detach()))
         out = F.normalize(v.detach(), dim=-1)
         if self.mode == 'code' and self.merge == 'mean':
             out = F.normalize(out.mean(0), dim=-1)

@@ -1,0 +1,105 @@
+"""MaO data and tools: VoxDet-SoIR ``anns.pt`` (official layout, safe loading, path remapping, set filter, errors),
+extract -> index -> evaluate on a tiny gallery with tiny saved models (resume from the cache, foreign cache refused,
+unreadable image named or skipped), search from the saved index, and the search grid PNG."""
+import json
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from PIL import Image
+
+from conftest import REPO
+from test_mao_pipeline import SAM_ARCH, models  # noqa: F401  (module fixture)
+
+DEFAULT_SCOPE = 'mmpretrain'
+
+
+def write_official(path, root):
+    """anns.pt as pihash2k/VoxDet-SoIR writes it: absolute paths of another machine, RLE masks, -1 padding."""
+    rle = dict(counts=[3, 4, 5], size=(3, 4), transpose=False)
+    anns = {
+        '/home/author/VoxDet/RoboTools/test_video/a_1/rgb/0.jpg': dict(bbox=(2, 3, 10, 12), mask=rle, is_query=True,
+                                                                       ins=1, set='RoboTools'),
+        '/home/author/VoxDet/RoboTools/test/s0.jpg': dict(bbox=[[1, 1, 5, 5], [6, 6, 9, 9]], mask=[], is_query=False,
+                                                          ins=[1, 4, -1], set='RoboTools'),
+        '/home/author/VoxDet/OWID/P2/images/x.jpg': dict(bbox=[[1, 1, 4, 4]], mask=[], is_query=False, ins=[9],
+                                                         num_ins=[1], set='OWID'),
+    }
+    torch.save(anns, path)
+
+
+def test_voxdet_anns_pt(tmp_path):
+    from queryvision_mm.datasets import QVSoIRDataset
+    write_official(tmp_path / 'anns.pt', tmp_path)
+    ds = QVSoIRDataset(str(tmp_path / 'anns.pt'), sets=('RoboTools', ), path_strip='/home/author/VoxDet/',
+                       data_prefix=str(tmp_path / 'data'))
+    assert ds.metainfo['num_queries'] == 1 and ds.metainfo['num_gallery'] == 1 and len(ds) == 2
+    q, g = ds.get_data_info(0), ds.get_data_info(1)
+    assert q['img_path'] == str(tmp_path / 'data/RoboTools/test_video/a_1/rgb/0.jpg') and q['instances'] == [1]
+    assert q['query_box'] == [2, 3, 10, 12] and g['instances'] == [1, 4] and len(g['gt_boxes']) == 2
+    assert len(QVSoIRDataset(str(tmp_path / 'anns.pt'))) == 3
+    with pytest.raises(ValueError, match='no gallery images in sets'):
+        QVSoIRDataset(str(tmp_path / 'anns.pt'), sets=('PerMiR', ))
+    bad = tmp_path / 'bad.json'
+    bad.write_text(json.dumps({'q.jpg': dict(bbox=[5, 5, 2, 9], ins=1, is_query=True), 'g.jpg': dict(ins=[1],
+                                                                                                      is_query=False)}))
+    with pytest.raises(ValueError, match=r'bad.json: q.jpg: bbox must be'):
+        QVSoIRDataset(str(bad))
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ('pwned', ))
+
+    torch.save({'a.jpg': Evil()}, tmp_path / 'evil.pt')
+    with pytest.raises(ValueError, match='not a plain-data torch file'):
+        QVSoIRDataset(str(tmp_path / 'evil.pt'))
+
+
+def tiny_gallery(root):
+    rng = np.random.default_rng(0)
+    anns = {}
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(root / f'g{i}.jpg')
+        anns[f'g{i}.jpg'] = dict(bbox=[], ins=[i % 2], is_query=False, set='t')
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / f'q{i}.jpg')
+        anns[f'q{i}.jpg'] = dict(bbox=[5, 5, 30, 30], ins=i, is_query=True, set='t')
+    (root / 'anns.json').write_text(json.dumps(anns))
+
+
+def test_extract_index_search(models, tmp_path):  # noqa: F811
+    from queryvision_mm.apis.mao import draw_search_grid, read_rgb, run_extract, search
+    mroot, clip = models
+    tiny_gallery(tmp_path)
+    cfg = Config.fromfile(osp.join(REPO, 'configs/mao/demo_photos.py'))
+    cfg.model.encoder.model_name = clip
+    cfg.model.proposals.update(model_dir=str(mroot / 'owlv2'), max_objects=2)
+    cfg.model.masks.update(checkpoint=str(mroot / 'sam.pth'), arch=SAM_ARCH)
+    cfg.model.refine.iters = 2
+    cfg.dataset.update(ann_file=str(tmp_path / 'anns.json'), sets=None, data_prefix=str(tmp_path))
+    work = str(tmp_path / 'work')
+    res = run_extract(cfg, work, progress=False)
+    assert res['gallery'] == 4 and res['computed'] == 4 and res['num_queries'] == 2 and 0 <= res['mAP'] <= 100
+    saved = json.loads(open(osp.join(work, 'results.json')).read())
+    assert saved['mAP'] == res['mAP'] and len(saved['rankings']) == 2
+    cache = json.loads(open(next(osp.join(work, 'gallery_cache', f) for f in sorted(__import__('os').listdir(
+        osp.join(work, 'gallery_cache'))) if f.endswith('.json') and f != 'fingerprint.json')).read())
+    assert cache['masks'] and set(cache['masks'][0]) == {'size', 'counts'}, 'SAM masks cached as COCO RLE'
+    again = run_extract(cfg, work, progress=False)
+    assert again['cached'] == 4 and again['computed'] == 0 and again['rankings'] == res['rankings']
+    _, q, ranked = search(cfg, osp.join(work, 'index'), str(tmp_path / 'q0.jpg'), [5, 5, 30, 30], topk=4)
+    assert [osp.basename(p) for p, _ in ranked] == [osp.basename(p) for p in res['rankings'][str(tmp_path / 'q0.jpg')][:4]]
+    png = draw_search_grid(_, read_rgb(str(tmp_path / 'q0.jpg')), [5, 5, 30, 30], q, ranked[:2],
+                           str(tmp_path / 'grid.png'))
+    assert Image.open(png).size[0] > 100
+    cfg.model.refine.iters = 3
+    with pytest.raises(ValueError, match='another model configuration'):
+        run_extract(cfg, work, progress=False)
+    (tmp_path / 'g3.jpg').write_bytes(b'not an image')
+    cfg.model.refine.iters = 2
+    with pytest.raises(OSError, match=r'failed to load image: .*g3.jpg'):
+        run_extract(cfg, str(tmp_path / 'w2'), progress=False)
+    res = run_extract(cfg, str(tmp_path / 'w3'), on_error='skip', progress=False)
+    assert res['gallery'] == 3 and res['skipped'] == [str(tmp_path / 'g3.jpg')]
