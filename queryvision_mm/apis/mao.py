@@ -1,7 +1,7 @@
 """MaO end to end: gallery descriptors (cached per image, resumable) -> FAISS index -> queries -> mAP / Recall@K,
 and a search that returns ranked gallery images and draws them with LeGrad heatmaps. Used by ``tools/mao/*.py``.
 
-Config keys (``configs/mao/*.py``): ``model`` (a ``QVMaODescriber``), ``dataset`` (a ``QVSoIRDataset``),
+Config keys (``configs/mao/*.py``): ``model`` or ``describer`` (a ``QVMaODescriber``), ``dataset`` (a ``QVSoIRDataset``),
 ``index`` (``DescriptorIndex`` options), ``evaluation`` (``topk``), ``work_dir``.
 """
 import hashlib
@@ -15,6 +15,12 @@ import torch
 
 from ..evaluation.metrics.retrieval import relevance_matrix, retrieval_metrics
 from ..utils.descriptor_index import DescriptorIndex
+
+
+def describer_cfg(cfg):
+    """The ``QVMaODescriber`` of a config: ``describer`` (stage-A configs, whose ``model`` is the training model) or
+    ``model``."""
+    return cfg.get('describer') or cfg.model
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -101,12 +107,13 @@ def run_extract(cfg, work_dir: Optional[str] = None, on_error: str = 'error', pr
     items = [dataset.get_data_info(i) for i in range(len(dataset))]
     queries = [x for x in items if x['is_query']]
     gallery = [x for x in items if not x['is_query']]
-    describer = MODELS.build(cfg.model)
+    dcfg = describer_cfg(cfg)
+    describer = MODELS.build(dcfg)
     descs, paths, skipped, stats = extract_gallery(describer, gallery, osp.join(work_dir, 'gallery_cache'),
-                                                   _fingerprint(cfg.model), on_error, progress)
+                                                   _fingerprint(dcfg), on_error, progress)
     index = DescriptorIndex(descs.shape[1], **cfg.get('index', {}))
     index.add(descs, paths)
-    index.meta.update(model=_fingerprint(cfg.model), ann_file=str(cfg.dataset.get('ann_file')))
+    index.meta.update(model=_fingerprint(dcfg), ann_file=str(cfg.dataset.get('ann_file')))
     index.save(osp.join(work_dir, 'index'))
     results = dict(gallery=len(paths), skipped=skipped, **stats)
     if queries:
@@ -118,6 +125,15 @@ def run_extract(cfg, work_dir: Optional[str] = None, on_error: str = 'error', pr
         results['rankings'] = {q['img_path']: [paths[j] for j in r[:10]] for q, r in zip(queries, rankings)}
     with open(osp.join(work_dir, 'results.json'), 'w') as f:
         json.dump(results, f, indent=1)
+    # the OWLv2 boxes of every gallery image, for stage-A training (QVSoIRPairDataset crop_source='proposals')
+    boxes = {}
+    for path in paths:
+        meta = osp.join(work_dir, 'gallery_cache', hashlib.sha1(path.encode()).hexdigest() + '.json')
+        if osp.isfile(meta):
+            with open(meta) as f:
+                boxes[path] = json.load(f)['boxes']
+    with open(osp.join(work_dir, 'proposals.json'), 'w') as f:
+        json.dump(boxes, f)
     return results
 
 
@@ -125,11 +141,11 @@ def search(cfg, index_dir: str, image_path: str, box: Sequence[float], topk: int
     """Rank the indexed gallery for one query object; returns (describer, query descriptor, [(path, score)])."""
     from mmpretrain.registry import MODELS
     index = DescriptorIndex.load(index_dir, **cfg.get('index', {}))
-    fp = _fingerprint(cfg.model)
+    fp = _fingerprint(describer_cfg(cfg))
     if index.meta.get('model') not in (None, fp):
         raise ValueError(f'{index_dir} was built with another model configuration ({index.meta.get("model")} != '
                          f'{fp}); query descriptors would not be comparable')
-    describer = MODELS.build(cfg.model)
+    describer = MODELS.build(describer_cfg(cfg))
     q = describer.describe_query(read_rgb(image_path), box)
     scores, ids = index.search(q[None], k=topk)
     return describer, q, [(index.paths[j], float(s)) for j, s in zip(ids[0], scores[0])]

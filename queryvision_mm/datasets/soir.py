@@ -106,3 +106,72 @@ class QVSoIRDataset(BaseDataset):
             raise ValueError(f'{self.ann_file}: no gallery images' + (f' in sets {self.sets}' if self.sets else ''))
         self._metainfo.update(num_queries=len(queries), num_gallery=len(gallery))
         return queries + gallery
+
+
+@DATASETS.register_module()
+class QVSoIRPairDataset(QVSoIRDataset):
+    """MaO stage-A training pairs: a (training) scene's object crops + a query image of an instance it contains.
+
+    Args:
+        crop_source (str): ``'proposals'`` (boxes from ``proposals_file``, e.g. the ``proposals.json`` written by
+            ``tools/mao/extract.py``, as the paper's OWLv2 crops) or ``'gt'`` (the scene's annotated boxes; for
+            training sets only -- evaluation galleries are never cropped by ground truth).
+        proposals_file (str): JSON mapping image path -> [[x0, y0, x1, y1], ...].
+        min_crop_size (int): object-centred crop side lower bound (the encoder's input size, 224).
+        max_crops (int): at most this many crops per scene (the highest-scoring / first ones).
+
+    ``__getitem__`` returns ``dict(inputs=dict(crops=[HxWx3 uint8], query=HxWx3 uint8), data_samples=
+    dict(instance=id))``; the query image is drawn at random among the queries of the scene's instances.
+    """
+
+    def __init__(self, ann_file: str, crop_source: str = 'proposals', proposals_file: Optional[str] = None,
+                 min_crop_size: int = 224, max_crops: int = 16, **kwargs) -> None:
+        if crop_source not in ('proposals', 'gt'):
+            raise ValueError(f"crop_source must be 'proposals' or 'gt', got {crop_source!r}")
+        if crop_source == 'proposals' and not proposals_file:
+            raise ValueError("crop_source='proposals' needs proposals_file (tools/mao/extract.py writes one)")
+        self.crop_source, self.proposals_file = crop_source, proposals_file
+        self.min_crop_size, self.max_crops = int(min_crop_size), int(max_crops)
+        super().__init__(ann_file, **kwargs)
+
+    def load_data_list(self) -> List[dict]:
+        items = super().load_data_list()
+        queries: dict = {}
+        for q in items:
+            if q['is_query']:
+                queries.setdefault(q['instances'][0], []).append(q)
+        proposals = load(self.proposals_file) if self.crop_source == 'proposals' else None
+        pairs = []
+        for g in items:
+            if g['is_query']:
+                continue
+            usable = [i for i in g['instances'] if i in queries]
+            if not usable:
+                continue
+            if proposals is not None:
+                boxes = proposals.get(g['img_path'], proposals.get(g['key']))
+                if boxes is None:
+                    raise KeyError(f'{self.proposals_file}: no proposals for {g["img_path"]}')
+            else:
+                boxes = g['gt_boxes']
+            boxes = [_box(b, f'{g["img_path"]}') for b in boxes][:self.max_crops]
+            if not boxes:
+                continue   # a scene without any object gives no multi-object descriptor to train
+            pairs.append(dict(img_path=g['img_path'], boxes=boxes,
+                              queries=[dict(img_path=q['img_path'], box=q['query_box'], instance=i)
+                                       for i in usable for q in queries[i]]))
+        if not pairs:
+            raise ValueError(f'{self.ann_file}: no scene holds an instance that has a query image')
+        return pairs
+
+    def prepare_data(self, idx: int) -> dict:
+        import numpy as np
+
+        from ..models.retrievers.mao_components import crop_padded, square_crop_box
+        from ..apis.mao import read_rgb
+        info = self.get_data_info(idx)
+        scene = read_rgb(info['img_path'])
+        crops = [crop_padded(scene, square_crop_box(b, self.min_crop_size)) for b in info['boxes']]
+        q = info['queries'][np.random.randint(len(info['queries']))]
+        query = crop_padded(read_rgb(q['img_path']), square_crop_box(q['box'], 0))
+        return dict(inputs=dict(crops=crops, query=query), data_samples=dict(instance=q['instance']))

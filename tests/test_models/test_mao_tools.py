@@ -103,3 +103,58 @@ def test_extract_index_search(models, tmp_path):  # noqa: F811
         run_extract(cfg, str(tmp_path / 'w2'), progress=False)
     res = run_extract(cfg, str(tmp_path / 'w3'), on_error='skip', progress=False)
     assert res['gallery'] == 3 and res['skipped'] == [str(tmp_path / 'g3.jpg')]
+
+
+def test_info_nce_hand_computed():
+    from queryvision_mm.models.retrievers import multi_object_info_nce
+    c = torch.nn.functional.normalize(torch.tensor([[1., 0.], [0., 1.], [1., 1.]]), dim=-1)
+    q = torch.nn.functional.normalize(torch.tensor([[1., 0.2], [0.3, 1.], [0.5, 1.]]), dim=-1)
+    loss = multi_object_info_nce(c, q, [0, 1, 0], temperature=0.5)
+    s = (c @ q.t() / 0.5).numpy()
+    ref = [-s[0, 0] + np.log(np.exp(s[0, 0]) + np.exp(s[0, 1])),          # query 2 is the same instance: masked
+           -s[1, 1] + np.log(np.exp(s[1]).sum()),
+           -s[2, 2] + np.log(np.exp(s[2, 1]) + np.exp(s[2, 2]))]
+    assert float(loss) == pytest.approx(float(np.mean(ref)), rel=1e-5)
+
+
+def test_stage_a_lora_training_and_adapter_loading(models, tmp_path):  # noqa: F811
+    from mmengine.runner import Runner
+
+    from queryvision_mm.models.retrievers import QVDINOv2CropEncoder
+    mroot, _ = models
+    rng = np.random.default_rng(1)
+    anns = {}
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(tmp_path / f's{i}.jpg')
+        anns[f's{i}.jpg'] = dict(bbox=[[2, 2, 20, 20], [25, 10, 50, 35]], ins=[i % 2, 5], is_query=False, set='OWID')
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(tmp_path / f'q{i}.jpg')
+        anns[f'q{i}.jpg'] = dict(bbox=[3, 3, 25, 25], ins=i, is_query=True, set='OWID')
+    (tmp_path / 'anns.json').write_text(json.dumps(anns))
+    cfg = Config.fromfile(osp.join(REPO, 'configs/mao/voxdet_dinov2_lora.py'))
+    assert cfg.model.lora.r == 256 and cfg.optim_wrapper.optimizer.lr == 5e-5 and cfg.param_scheduler.gamma == 0.93
+    cfg.model.encoder.update(model_dir=str(mroot / 'dinov2'), input_size=28)
+    cfg.model.lora.r = 4
+    cfg.train_dataloader.update(batch_size=2, num_workers=0, persistent_workers=False)
+    cfg.train_dataloader.dataset.update(ann_file=str(tmp_path / 'anns.json'), data_prefix=str(tmp_path),
+                                        crop_source='gt', proposals_file=None, min_crop_size=28)
+    cfg.optim_wrapper.optimizer.lr = 1e-2
+    cfg.work_dir = str(tmp_path / 'work')
+    runner = Runner.from_cfg(cfg)
+    model = runner.model
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all('lora_' in n for n in trainable), 'only the LoRA adapters train'
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    runner.train()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all('lora_' in k for k in changed)
+    adapter = tmp_path / 'work/lora_adapter'
+    assert (adapter / 'adapter_config.json').is_file()
+    base = QVDINOv2CropEncoder(str(mroot / 'dinov2'), input_size=28)
+    tuned = QVDINOv2CropEncoder(str(mroot / 'dinov2'), input_size=28, lora_adapter=str(adapter))
+    img = [rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)]
+    assert not torch.allclose(base.embed(img), tuned.embed(img))
+    assert not any('lora' in n for n, _ in tuned.named_parameters()), 'adapter merged into the weights'
+    with pytest.raises(FileNotFoundError, match='adapter_config.json'):
+        QVDINOv2CropEncoder(str(mroot / 'dinov2'), lora_adapter=str(tmp_path))

@@ -64,6 +64,16 @@ def resize_masks(masks: List[np.ndarray], size: int) -> Tensor:
     return (F.interpolate(t, size=(size, size), mode='nearest')[:, 0] > 0.5).float()
 
 
+def merge_lora_adapter(module: nn.Module, adapter_dir: Optional[str]) -> nn.Module:
+    """Load a peft LoRA adapter (stage A, ``QVSaveLoRAAdapterHook``) into ``module`` and merge it into the weights."""
+    if adapter_dir is None:
+        return module
+    from peft import PeftModel
+    if not osp.isfile(osp.join(adapter_dir, 'adapter_config.json')):
+        raise FileNotFoundError(f'LoRA adapter folder without adapter_config.json: {adapter_dir!r}')
+    return PeftModel.from_pretrained(module, adapter_dir).merge_and_unload()
+
+
 def _require_dir(path: str, what: str) -> None:
     if not osp.isdir(path):
         raise FileNotFoundError(f'{what}: local model folder not found: {path!r} (weights are never downloaded; '
@@ -93,15 +103,16 @@ class QVOpenCLIPCropEncoder(_CropEncoder):
     Args:
         model_name: ``'local-dir:/folder'`` or an open_clip name with ``pretrained`` a local weights file.
         pretrained: local weights file (built-in names). ``allow_random_weights`` permits None (tests/demo).
+        lora_adapter: optional stage-A adapter folder (merged into the weights).
     """
 
     def __init__(self, model_name: str = 'ViT-B-16', pretrained: Optional[str] = None, input_size: Optional[int] = None,
-                 allow_random_weights: bool = False) -> None:
+                 allow_random_weights: bool = False, lora_adapter: Optional[str] = None) -> None:
         super().__init__()
         if pretrained is None and not model_name.startswith('local-dir:') and not allow_random_weights:
             raise ValueError(f'QVOpenCLIPCropEncoder: {model_name} without pretrained weights would be random')
         model, _, _ = load_open_clip(model_name, pretrained=pretrained)
-        self.visual = model.visual.eval()
+        self.visual = merge_lora_adapter(model.visual, lora_adapter).eval()
         native = self.visual.image_size
         self.input_size = int(input_size or (native[0] if isinstance(native, (tuple, list)) else native))
         self.dim = int(self.visual.output_dim)
@@ -119,16 +130,17 @@ class QVDINOv2CropEncoder(_CropEncoder):
 
     Args:
         model_dir: local folder written by ``Dinov2Model.save_pretrained`` (e.g. ``facebook/dinov2-base``, 768-d).
+        lora_adapter: optional stage-A adapter folder (merged into the weights).
     """
     mean, std = IMAGENET_MEAN, IMAGENET_STD
 
-    def __init__(self, model_dir: str, input_size: int = 224) -> None:
+    def __init__(self, model_dir: str, input_size: int = 224, lora_adapter: Optional[str] = None) -> None:
         super().__init__()
         from transformers import Dinov2Model
         _require_dir(model_dir, 'QVDINOv2CropEncoder')
         with _offline():
-            self.model = Dinov2Model.from_pretrained(model_dir, local_files_only=True,
-                                                     attn_implementation='eager').eval()
+            model = Dinov2Model.from_pretrained(model_dir, local_files_only=True, attn_implementation='eager')
+        self.model = merge_lora_adapter(model, lora_adapter).eval()
         self.input_size, self.dim = int(input_size), int(self.model.config.hidden_size)
 
     def encode(self, x: Tensor) -> Tensor:
