@@ -94,11 +94,8 @@ def _whole(im: Image.Image, size: int, flip: bool) -> Image.Image:
     return out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out
 
 
-def generate_demo_qks(out_dir: str, crops_train: int = 12, crops_val: int = 3, size: int = 96, min_scale: float = 0.75,
-                      seed: int = 0, overwrite: bool = False) -> Dict[str, int]:
-    """Write the QKS demo set (see the module docstring); returns image counts. Deterministic for a given seed."""
-    params = dict(crops_train=crops_train, crops_val=crops_val, size=size, min_scale=min_scale, seed=seed,
-                  photos=[k for k, *_ in PHOTOS], seen=list(SEEN), unseen=list(UNSEEN))
+def _previous_run(out_dir: str, params: dict, overwrite: bool) -> Optional[Dict[str, int]]:
+    """The counts of a finished run with the same parameters (nothing to do), else None after removing old images."""
     marker = osp.join(out_dir, '.complete')
     if not overwrite and osp.isfile(marker):
         with open(marker) as f:
@@ -107,6 +104,23 @@ def generate_demo_qks(out_dir: str, crops_train: int = 12, crops_val: int = 3, s
             return done['counts']
     if osp.isdir(osp.join(out_dir, 'images')):
         shutil.rmtree(osp.join(out_dir, 'images'))
+    return None
+
+
+def _mark_complete(out_dir: str, params: dict, counts: Dict[str, int]) -> Dict[str, int]:
+    with open(osp.join(out_dir, '.complete'), 'w') as f:
+        json.dump(dict(params=params, counts=counts), f)
+    return counts
+
+
+def generate_demo_qks(out_dir: str, crops_train: int = 12, crops_val: int = 3, size: int = 96, min_scale: float = 0.75,
+                      seed: int = 0, overwrite: bool = False) -> Dict[str, int]:
+    """Write the QKS demo set (see the module docstring); returns image counts. Deterministic for a given seed."""
+    params = dict(crops_train=crops_train, crops_val=crops_val, size=size, min_scale=min_scale, seed=seed,
+                  photos=[k for k, *_ in PHOTOS], seen=list(SEEN), unseen=list(UNSEEN))
+    done = _previous_run(out_dir, params, overwrite)
+    if done is not None:
+        return done
     classes = list(SEEN) + list(UNSEEN)
     index = {c: i for i, c in enumerate(classes)}
     for key, _, _, tags in PHOTOS:
@@ -137,10 +151,7 @@ def generate_demo_qks(out_dir: str, crops_train: int = 12, crops_val: int = 3, s
     for name, labels in (('labels_seen.txt', SEEN), ('labels_unseen.txt', UNSEEN)):
         with open(osp.join(out_dir, name), 'w') as f:
             f.write('\n'.join(labels) + '\n')
-    counts = {k: len(v) for k, v in splits.items()}
-    with open(marker, 'w') as f:
-        json.dump(dict(params=params, counts=counts), f)
-    return counts
+    return _mark_complete(out_dir, params, {k: len(v) for k, v in splits.items()})
 
 
 # ------------------------------------------------------------------------------------------- MaO (SoIR) demo
@@ -170,14 +181,9 @@ def generate_demo_soir(out_dir: str, size: Tuple[int, int] = (240, 180), object_
     """
     params = dict(size=list(size), object_side=list(object_side), queries_per_object=queries_per_object, seed=seed,
                   objects=[list(o[:2]) for o in SOIR_OBJECTS], backgrounds=list(SOIR_BACKGROUNDS))
-    marker = osp.join(out_dir, '.complete')
-    if not overwrite and osp.isfile(marker):
-        with open(marker) as f:
-            done = json.load(f)
-        if done.get('params') == params:
-            return done['counts']
-    if osp.isdir(osp.join(out_dir, 'images')):
-        shutil.rmtree(osp.join(out_dir, 'images'))
+    done = _previous_run(out_dir, params, overwrite)
+    if done is not None:
+        return done
     os.makedirs(osp.join(out_dir, 'images', 'gallery'))
     os.makedirs(osp.join(out_dir, 'images', 'query'))
     rng = np.random.default_rng(seed)
@@ -208,10 +214,8 @@ def generate_demo_soir(out_dir: str, size: Tuple[int, int] = (240, 180), object_
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
     with open(osp.join(out_dir, 'annotations', 'anns.json'), 'w') as f:
         json.dump(anns, f, indent=1)
-    counts = dict(gallery=len(SOIR_BACKGROUNDS), queries=len(SOIR_OBJECTS) * queries_per_object)
-    with open(marker, 'w') as f:
-        json.dump(dict(params=params, counts=counts), f)
-    return counts
+    return _mark_complete(out_dir, params,
+                          dict(gallery=len(SOIR_BACKGROUNDS), queries=len(SOIR_OBJECTS) * queries_per_object))
 
 
 # the demo's CLIP: open_clip's own CLIP class, ViT image tower and text tower of the real family, shrunk

@@ -6,6 +6,7 @@ import json
 import os.path as osp
 
 import pytest
+from PIL import Image
 
 from conftest import REPO, load_module_from_path
 from queryvision_mm.datasets import demo_photos
@@ -85,3 +86,21 @@ def test_demo_config_trains_and_tests(small_set):
     assert metrics['zsl/num_labels'] == len(demo_photos.UNSEEN) and metrics['seen/num_labels'] == len(demo_photos.SEEN)
     n_unseen_photos = sum(bool(set(t) & set(demo_photos.UNSEEN)) for *_, t in demo_photos.PHOTOS)
     assert metrics['zsl/num_images'] == 2 * n_unseen_photos
+
+
+def test_mao_demo_gallery(tmp_path):
+    from queryvision_mm.datasets import QVSoIRDataset
+    counts = demo_photos.generate_demo_soir(str(tmp_path / 'a'))
+    ds = QVSoIRDataset(str(tmp_path / 'a/annotations/anns.json'), data_prefix=str(tmp_path / 'a'), sets=('demo', ))
+    items = [ds.get_data_info(i) for i in range(len(ds))]
+    gallery = [x for x in items if not x['is_query']]
+    assert counts == dict(gallery=12, queries=6) and len(gallery) == 12 and ds.metainfo['num_queries'] == 6
+    for ins in range(len(demo_photos.SOIR_OBJECTS)):
+        assert sum(ins in g['instances'] for g in gallery) >= 4
+    assert sum(not g['instances'] for g in gallery) == 2, 'two gallery images without any object'
+    for g in gallery:
+        w, h = Image.open(g['img_path']).size
+        for x0, y0, x1, y1 in g['gt_boxes']:
+            assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h and max(x1 - x0, y1 - y0) <= 40, 'small objects'
+    demo_photos.generate_demo_soir(str(tmp_path / 'b'))
+    assert digest(tmp_path / 'a') == digest(tmp_path / 'b')
