@@ -21,8 +21,9 @@ explicit``), and MIDs outside both lists are ignored. Training images carry seen
 unseen. Images whose positive and negative sets intersect are dropped (as official). A deterministic
 ``--val-fraction`` of the training images becomes ``val.json`` for model selection (never the test set).
 
-The unseen-label pickle is read with a restricted unpickler that only rebuilds lists/tuples of strings and NumPy
-string/object arrays; anything else in it is refused with an error (it never executes arbitrary code).
+The unseen-label pickle is read with a restricted unpickler (``queryvision_mm.utils.safe_pickle``) that only rebuilds
+plain containers, strings, numbers and NumPy arrays; anything else in it is refused with an error (it never executes
+arbitrary code).
 
 Writes ``OUT_DIR/annotations/{train,val,test}.json``, ``OUT_DIR/labels_seen.txt``, ``OUT_DIR/labels_unseen.txt``
 and, with ``--missing skip``, ``OUT_DIR/missing_images.txt`` (annotated images with no file under ROOT).
@@ -37,18 +38,8 @@ import sys
 
 import numpy as np
 
-
-class _StringListUnpickler(pickle.Unpickler):
-    """Unpickles only what a pickled list / NumPy array of MID strings needs."""
-    ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
-               ('numpy', 'ndarray'), ('numpy', 'dtype'), ('numpy.core.multiarray', 'scalar'),
-               ('numpy._core.multiarray', 'scalar'), ('builtins', 'list'), ('builtins', 'tuple'),
-               ('builtins', 'str'), ('_codecs', 'encode')}
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f'refusing to load {module}.{name}: only lists/arrays of label ids allowed')
-        return super().find_class(module, name)
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+from queryvision_mm.utils.safe_pickle import restricted_load  # noqa: E402  (numpy-only module)
 
 
 def _require(path):
@@ -63,7 +54,7 @@ def read_unseen_mids(path):
     if path.endswith('.pkl'):
         with open(path, 'rb') as f:
             try:
-                obj = _StringListUnpickler(f, encoding='latin1').load()
+                obj = restricted_load(f)
             except (pickle.UnpicklingError, EOFError, ValueError) as e:
                 raise ValueError(f'{path}: cannot read the unseen label list ({e})') from e
         mids = [m.decode() if isinstance(m, bytes) else m for m in np.asarray(obj, dtype=object).ravel().tolist()]
