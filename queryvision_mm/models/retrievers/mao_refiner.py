@@ -102,7 +102,8 @@ class MaORefiner:
         state = self.explainer.prepare(crops)
         with torch.no_grad():
             crop_embeds = F.normalize(self.explainer.encode(crops).float(), dim=-1)
-        return float(self.loss(descriptor.clone().requires_grad_(True), state, crop_embeds, masks.to(crops.dtype)))
+        return float(self.loss(descriptor.clone().requires_grad_(True), state, crop_embeds,
+                               masks.to(crops.dtype)).detach())
 
 
 def whole_image_fallback(explainer, image: Tensor) -> Tensor:
