@@ -57,18 +57,14 @@ train_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(type=dataset_type, ann_file=data_root + 'annotations/train.json', data_prefix=img_root,
                  seen_only=True, pipeline=train_pipeline))
+eval_loader = dict(batch_size=32, num_workers=8, persistent_workers=True,
+                   sampler=dict(type='DefaultSampler', shuffle=False))
 val_dataloader = dict(
-    batch_size=32,
-    num_workers=8,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
+    **eval_loader,
     dataset=dict(type=dataset_type, ann_file=data_root + 'annotations/val.json', data_prefix=img_root,
                  seen_only=True, pipeline=test_pipeline))
 test_dataloader = dict(
-    batch_size=32,
-    num_workers=8,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
+    **eval_loader,
     dataset=dict(type=dataset_type, ann_file=data_root + 'annotations/test.json', data_prefix=img_root,
                  pipeline=test_pipeline))
 # validation (model selection, LR plateau): seen labels of held-out training images; test: the QKS protocol

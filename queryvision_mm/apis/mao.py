@@ -15,21 +15,13 @@ import torch
 
 from ..evaluation.metrics.retrieval import relevance_matrix, retrieval_metrics
 from ..utils.descriptor_index import DescriptorIndex
+from ..utils.image_io import read_rgb
 
 
 def describer_cfg(cfg):
     """The ``QVMaODescriber`` of a config: ``describer`` (stage-A configs, whose ``model`` is the training model) or
     ``model``."""
     return cfg.get('describer') or cfg.model
-
-
-def read_rgb(path: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert('RGB'))
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-        raise OSError(f'failed to load image: {path} ({e.__class__.__name__}: {e})') from e
 
 
 def _fingerprint(model_cfg) -> str:

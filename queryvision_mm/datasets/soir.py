@@ -13,11 +13,14 @@ joined. Gallery boxes are kept for visualisation only: MaO never crops a gallery
 import os.path as osp
 from typing import List, Optional, Sequence
 
+import numpy as np
 import torch
 from mmengine.fileio import join_path, load
 
 from mmpretrain.datasets import BaseDataset
 from mmpretrain.registry import DATASETS
+
+from ..utils.image_io import read_rgb
 
 
 def load_soir_annotations(path: str) -> dict:
@@ -165,10 +168,7 @@ class QVSoIRPairDataset(QVSoIRDataset):
         return pairs
 
     def prepare_data(self, idx: int) -> dict:
-        import numpy as np
-
         from ..models.retrievers.mao_components import crop_padded, square_crop_box
-        from ..apis.mao import read_rgb
         info = self.get_data_info(idx)
         scene = read_rgb(info['img_path'])
         crops = [crop_padded(scene, square_crop_box(b, self.min_crop_size)) for b in info['boxes']]

@@ -12,7 +12,8 @@ block l:
 E = min-max(sum_l E_l), bilinearly upsampled to the input size. ``create_graph=True`` keeps the map differentiable
 with respect to t (second order), which MaO's descriptor optimisation needs. :meth:`prepare` runs the encoder once
 and keeps, for every explained block, its attention probabilities as leaves of the graph to the pooled embeddings;
-:meth:`maps` can then be evaluated for many targets (one per image of the batch) without re-running the encoder.
+:meth:`maps` can then be evaluated for many targets (one per image of the batch) without re-running the encoder;
+``state['output']`` is the encoder's own embedding of the images from that same pass (``encode``).
 
 Because G_l is linear in t, maps for a batch of targets cost one backward through the explained blocks only
 (blocks before the first explained one run without gradients).
@@ -84,7 +85,8 @@ class _LeGradBase(nn.Module):
         out = F.interpolate(out, size=size, mode='bilinear', align_corners=False).squeeze(1)
         return minmax(out, self.minmax_scope)
 
-    def __call__(self, images: Tensor, targets: Tensor, create_graph: bool = False) -> Tensor:  # convenience
+    def forward(self, images: Tensor, targets: Tensor, create_graph: bool = False) -> Tensor:
+        """Maps of ``images`` for ``targets`` in one call (``prepare`` + ``maps``)."""
         return self.maps(self.prepare(images), targets, create_graph=create_graph)
 
 
@@ -157,23 +159,25 @@ class LeGradOpenCLIP(_LeGradBase):
                     embeds.append(self.pooled(x))
                 else:
                     x, _ = self.block_forward(blk, x)
+        with torch.no_grad():   # the tower's own embedding from the same pass (what ``encode`` returns)
+            pooled = v._pool(x.detach())[0]
+            output = pooled @ v.proj if v.proj is not None else pooled
         grid = v.grid_size if isinstance(v.grid_size, tuple) else (v.grid_size, v.grid_size)
-        return dict(attns=attns, layer_embeds=embeds, grid=grid, prefix_tokens=1, input_size=images.shape[-2:])
+        return dict(attns=attns, layer_embeds=embeds, grid=grid, prefix_tokens=1, input_size=images.shape[-2:],
+                    output=output)
 
 
 class LeGradDINOv2(_LeGradBase):
     """LeGrad for a Hugging Face ``Dinov2Model`` (pooled embedding = final LayerNorm of the token mean, no projection).
 
-    The model is switched to eager attention (the attention probabilities must be graph tensors); register tokens,
-    if any, are dropped from the map with the CLS token.
+    The explained layers are asked for their attention probabilities (``output_attentions``), which makes
+    transformers (< 4.50, pinned) compute them eagerly as graph tensors (load with ``attn_implementation='eager'``
+    to avoid its SDPA fallback warning, as ``QVDINOv2CropEncoder`` does); register tokens, if any, are dropped from
+    the map with the CLS token.
     """
 
     def __init__(self, model: nn.Module, layers: Layers = 'last', minmax_scope: str = 'per_map') -> None:
         super().__init__(layers, minmax_scope)
-        model.config._attn_implementation = 'eager'
-        for layer in model.encoder.layer:
-            if hasattr(layer.attention, 'attention'):
-                layer.attention.attention.config = model.config
         self.model = model
         self.layer_idx = _resolve_layers(layers, len(model.encoder.layer))
 
@@ -201,6 +205,9 @@ class LeGradDINOv2(_LeGradBase):
                 if i in self.layer_idx:
                     attns.append(out[1])
                     embeds.append(self.pooled(x))
+        with torch.no_grad():   # pooler_output of the same pass (what ``encode`` returns)
+            output = m.layernorm(x.detach())[:, 0]
         patch = m.config.patch_size
         grid = (images.shape[-2] // patch, images.shape[-1] // patch)
-        return dict(attns=attns, layer_embeds=embeds, grid=grid, prefix_tokens=prefix, input_size=images.shape[-2:])
+        return dict(attns=attns, layer_embeds=embeds, grid=grid, prefix_tokens=prefix, input_size=images.shape[-2:],
+                    output=output)

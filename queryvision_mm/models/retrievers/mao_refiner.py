@@ -78,8 +78,7 @@ class MaORefiner:
                              f'and {tuple(masks.shape)}')
         masks = masks.to(crops.dtype)
         state = self.explainer.prepare(crops)
-        with torch.no_grad():
-            crop_embeds = F.normalize(self.explainer.encode(crops).float(), dim=-1)
+        crop_embeds = F.normalize(state['output'].float(), dim=-1)   # the crops' embeddings, from the same pass
         init = crop_embeds.mean(0) if self.mode == 'paper' else crop_embeds
         v = init.clone().requires_grad_(True)
         opt = torch.optim.AdamW([v], lr=self.lr, weight_decay=0.0)
@@ -100,8 +99,7 @@ class MaORefiner:
     def final_loss(self, crops: Tensor, masks: Tensor, descriptor: Tensor) -> float:
         """The objective at a given descriptor (for tests and diagnostics)."""
         state = self.explainer.prepare(crops)
-        with torch.no_grad():
-            crop_embeds = F.normalize(self.explainer.encode(crops).float(), dim=-1)
+        crop_embeds = F.normalize(state['output'].float(), dim=-1)
         return float(self.loss(descriptor.clone().requires_grad_(True), state, crop_embeds,
                                masks.to(crops.dtype)).detach())
 
