@@ -100,6 +100,7 @@ def main(argv=None):
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
 
     runner.test()
+    del runner  # torn down before the process group, while the interpreter is alive
     shutdown_distributed()
 
 

@@ -64,6 +64,7 @@ def main(argv=None):
     # the config's `randomness` (seed, deterministic) is used as is
     runner = build_runner(cfg)
     runner.train()
+    del runner  # torn down before the process group, while the interpreter is alive
     shutdown_distributed()
 
 

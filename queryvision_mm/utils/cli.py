@@ -33,9 +33,18 @@ def build_runner(cfg: Config):
 
 
 def shutdown_distributed() -> None:
-    """Destroy the default process group at the end of a tool run. mmengine leaves it to interpreter exit, where
-    gloo's threads can abort a rank ("terminate called without an active exception") after the work is done."""
+    """Destroy the default process group at the end of a tool run (the caller ``del``s its runner first).
+
+    mmengine leaves both to interpreter exit, where gloo's worker threads can still hold work objects with tensors
+    (the DDP wrapper keeps the process group alive); destroying those during interpreter finalisation aborts a rank
+    ("terminate called without an active exception") after the work is done. Dropping the runner first and then the
+    group lets everything be torn down while the interpreter is still alive.
+    """
+    import gc
+
     import torch.distributed as dist
+    gc.collect()   # the runner the caller dropped (DDP wrapper, dataloaders) goes now
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
