@@ -1,0 +1,149 @@
+"""How a shipped config is shrunk for its rehearsal. Only what the rehearsal contract allows changes: image scale
+(every resize in every pipeline, scaled by one factor so that multi-scale choices keep their ratios), data size,
+iteration / epoch counts with their schedule points (warm-up, milestones, the O2M->O2O switch, validation and
+checkpoint intervals) and data-loader workers. The model, batch size, optimiser, hooks, evaluators and DDP settings
+stay as shipped."""
+import copy
+import math
+from typing import Iterator, List
+
+from mmengine.config import Config
+
+SCALE_KEYS = ('scale', 'scales', 'img_scale', 'crop_size')
+
+
+def iter_transforms(pipeline) -> Iterator[dict]:
+    """Every transform dict of a pipeline, including nested ones (MultiBranch branches, RandomChoice,
+    RandomOrder, Compose, TestTimeAug)."""
+    if isinstance(pipeline, dict):
+        if 'type' in pipeline:
+            yield pipeline
+        for k, v in pipeline.items():
+            if isinstance(v, (list, tuple, dict)) and k not in SCALE_KEYS:
+                yield from iter_transforms(v)
+    elif isinstance(pipeline, (list, tuple)):
+        for v in pipeline:
+            yield from iter_transforms(v)
+
+
+def iter_datasets(ds) -> Iterator[dict]:
+    """Leaf dataset configs under wrappers (ConcatDataset, RepeatDataset, ClassBalancedDataset, ...)."""
+    if not isinstance(ds, dict):
+        return
+    children = ds.get('datasets') or ([ds['dataset']] if isinstance(ds.get('dataset'), dict) else None)
+    if children:
+        for c in children:
+            yield from iter_datasets(c)
+    else:
+        yield ds
+
+
+def loaders(cfg) -> List[dict]:
+    return [cfg[k] for k in ('train_dataloader', 'val_dataloader', 'test_dataloader') if cfg.get(k)]
+
+
+def _sizes(value) -> List[int]:
+    if isinstance(value, (int, float)):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _sizes(v)]
+    return []
+
+
+def _scaled(value, f):
+    if isinstance(value, (int, float)):
+        return max(8, int(round(value * f)))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_scaled(v, f) for v in value)
+    return value
+
+
+def shrink_image_scale(cfg, short_side: int) -> float:
+    """Scale every resize of every pipeline by short_side / (the config's largest short side); ``short_side <= 0``
+    keeps the config's scale. Returns the factor."""
+    if short_side <= 0:
+        return 1.0
+    resizes = []
+    for loader in loaders(cfg):
+        for ds in iter_datasets(loader['dataset']):
+            resizes += [t for t in iter_transforms(ds.get('pipeline', [])) if any(k in t for k in SCALE_KEYS)]
+    shorts = [min(_sizes(t['scale'])[:2]) for t in resizes if 'scale' in t and len(_sizes(t['scale'])) >= 2]
+    shorts += [min(s) for t in resizes if 'scales' in t for s in t['scales'] if isinstance(s, (list, tuple))]
+    shorts += [t['scale'] for t in resizes if isinstance(t.get('scale'), (int, float))]
+    if not shorts:
+        return 1.0
+    f = short_side / max(shorts)
+    for t in resizes:
+        for k in SCALE_KEYS:
+            if k in t and (k != 'crop_size' or t.get('crop_type', 'absolute') in ('absolute', 'absolute_range')):
+                t[k] = _scaled(t[k], f)
+    return f
+
+
+def shrink_schedule(cfg, iters: int) -> dict:
+    """Iteration-based: ``iters`` iterations, the O2M->O2O switch one iteration before the middle checkpoint (the
+    resumed half then starts after the switch, so the switch state must come back from the checkpoint).
+    Epoch-based: 2 epochs of ``iters // 2`` iterations each (the data writer sizes the set), schedule points scaled.
+    Returns facts for the report (loop kind, iterations, switch point, resume point)."""
+    tc = cfg.train_cfg
+    by_epoch = tc.get('type') == 'EpochBasedTrainLoop' or 'max_epochs' in tc
+    half = max(1, iters // 2)
+    facts = dict(by_epoch=by_epoch)
+    if by_epoch:
+        old = tc['max_epochs']
+        epochs = 2
+        no_val = tc.get('val_interval', 1) > old  # the config does not validate during training: keep it so
+        tc.update(max_epochs=epochs, val_interval=epochs + 1 if no_val else epochs)
+        f = epochs / old
+        facts.update(epochs=epochs, iters_per_epoch=half, resume_from='epoch_1.pth', validates_in_training=not no_val)
+    else:
+        old = tc['max_iters']
+        tc.update(max_iters=iters, val_interval=iters)
+        f = iters / old
+        facts.update(iters=iters, resume_from=f'iter_{half}.pth', validates_in_training=True)
+    for s in cfg.get('param_scheduler') or []:
+        unit_iters = not s.get('by_epoch', True) or not by_epoch
+        for k in ('begin', 'end'):
+            if k in s and isinstance(s[k], int):
+                if by_epoch and not s.get('by_epoch', True):  # warm-up in iterations inside an epoch schedule
+                    s[k] = min(s[k], half)
+                else:
+                    s[k] = min(int(math.ceil(s[k] * f)), iters if unit_iters else 2)
+        if 'milestones' in s:
+            s['milestones'] = sorted({max(1, int(round(m * f))) for m in s['milestones']})
+        if s.get('type') == 'CosineAnnealingLR' and 'T_max' in s:
+            s['T_max'] = max(1, int(round(s['T_max'] * f)))
+    for hook in cfg.get('custom_hooks') or []:
+        if hook.get('type') == 'QVStageSwitchHook':
+            hook['switch_iter'] = max(1, half - 1)
+            facts['switch_iter'] = hook['switch_iter']
+    hooks = cfg.default_hooks
+    if 'checkpoint' in hooks:
+        hooks.checkpoint.interval = 1 if by_epoch else half
+        hooks.checkpoint.pop('max_keep_ckpts', None)
+        if not facts['validates_in_training']:
+            hooks.checkpoint.pop('save_best', None)
+    if 'logger' in hooks:
+        hooks.logger.interval = 1
+    return facts
+
+
+def shrink_loaders(cfg, workers: int = 1) -> None:
+    for loader in loaders(cfg):
+        loader['num_workers'] = min(loader.get('num_workers', 0), workers)
+        if loader['num_workers'] == 0:
+            loader['persistent_workers'] = False
+
+
+def rehearsal_config(cfg: Config, iters: int, short_side: int) -> (Config, dict):
+    """The shrunk copy of ``cfg`` plus the probe hook that records trainable parameters without a gradient."""
+    cfg = copy.deepcopy(cfg)
+    facts = dict(scale_factor=shrink_image_scale(cfg, short_side))
+    if cfg.get('train_cfg') and cfg.get('train_dataloader'):
+        facts.update(shrink_schedule(cfg, iters))
+    shrink_loaders(cfg)
+    imports = cfg.get('custom_imports') or dict(imports=[], allow_failed_imports=False)
+    imports['imports'] = list(imports['imports']) + ['queryvision_mm.testing.rehearsal.hooks']
+    cfg.custom_imports = imports
+    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='QVUnusedParamProbeHook')]
+    return cfg, facts

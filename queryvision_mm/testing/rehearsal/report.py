@@ -1,0 +1,197 @@
+"""``rehearse.py --all``: every shipped config in its own process (stage-1 configs through the stage-2 configs that
+load them), then ``docs/rehearsal.md`` with one row per config."""
+import glob
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+import tempfile
+import time
+
+from mmengine.config import Config
+
+from .provenance import summarise
+
+
+def shipped_configs(repo: str, include=None, exclude=()):
+    out = []
+    for path in sorted(glob.glob(osp.join(repo, 'configs', '**', '*.py'), recursive=True)):
+        rel = osp.relpath(path, repo)
+        if '/_base_/' in rel or any(e in rel for e in exclude):
+            continue
+        if include and not any(i in rel for i in include):
+            continue
+        out.append(rel)
+    return out
+
+
+def _stage1_of(repo: str, rel: str):
+    s1 = Config.fromfile(osp.join(repo, rel)).get('stage1_config')
+    return osp.relpath(osp.normpath(osp.join(repo, osp.dirname(rel), s1)), repo) if s1 else None
+
+
+def _git_commit(repo: str) -> str:
+    try:
+        return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
+
+
+def _mb(x):
+    return f'{x / 1024:.1f} GiB' if x and x >= 1024 else (f'{x:.0f} MiB' if x else '—')
+
+
+def _mark(steps, name):
+    s = steps.get(name)
+    return '—' if s is None else ('✓' if s['ok'] else '✗')
+
+
+def row(r: dict) -> str:
+    steps = r.get('steps', {})
+    params = r.get('params') or {}
+    unused = r.get('unused_params')
+    if unused is None:
+        ddp = '—'
+    else:
+        flag = 'on' if unused['find_unused_parameters'] else 'off'
+        n = len(unused['unused'])
+        why = (f'{n} trainable params without grad at iter 1 (e.g. `{unused["unused"][0]}`)' if n else
+               'every trainable param gets a grad')
+        ddp = f'find_unused {flag}: {why}'
+    peak = max((s.get('peak_rss_mb', 0) for s in steps.values()), default=0)
+    cells = [
+        f'`{r["config"]}`', '✓' if 'sources' in r or 'train' in steps else '✗',
+        _mark(steps, 'train'), ddp, _mark(steps, 'resume'), _mark(steps, 'test'), _mark(steps, 'amp'),
+        f'{params.get("total", 0) / 1e6:.1f}M / {params.get("trainable", 0) / 1e6:.1f}M' if params else '—',
+        f'{r["s_per_iter"]:.1f}' if r.get('s_per_iter') else '—', _mb(peak),
+        summarise(r['sources']) if r.get('sources') else '—',
+        'ok' if r.get('ok') else ('FAILED: ' + r.get('error', next((k for k, s in steps.items() if not s['ok']),
+                                                                    'setup'))),
+    ]
+    return '| ' + ' | '.join(cells) + ' |'
+
+
+HEADER = ('| config | builds | trains (N) | DDP | resume | test | AMP | params total / trainable | s/iter | '
+          'peak RSS (all ranks) | where the weights come from | result |\n'
+          '|---|---|---|---|---|---|---|---|---|---|---|---|')
+
+
+def rehearse_all(args, repo: str) -> int:
+    configs = shipped_configs(repo, args.include, args.exclude)
+    stage1_of = {c: _stage1_of(repo, c) for c in configs}
+    covered = {s for s in stage1_of.values() if s}
+    results = []
+    tmp = tempfile.mkdtemp(prefix='qv-rehearse-')
+    for rel in configs:
+        if rel in covered:
+            continue  # rehearsed as the first stage of the config that loads it
+        out = osp.join(tmp, rel.replace('/', '_') + '.json')
+        cmd = [sys.executable, osp.join(repo, 'tools', 'misc', 'rehearse.py'), rel, '--gpus', str(args.gpus),
+               '--iters', str(args.iters), '--img-scale', str(args.img_scale), '--json', out,
+               '--timeout', str(args.timeout)] + (['--skip', *args.skip] if args.skip else [])
+        start = time.time()
+        proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+        if osp.isfile(out):
+            with open(out) as f:
+                r = json.load(f)
+        else:
+            r = dict(config=rel, ok=False, steps={}, error=(proc.stderr or proc.stdout).strip().splitlines()[-1:])
+            r['error'] = ' '.join(r['error'])[:300]
+        r['wall_s'] = round(time.time() - start)
+        if r.get('stage1'):
+            results.append(r['stage1'])
+        results.append(r)
+        print(f'[rehearse --all] {rel}: {"ok" if r.get("ok") else "FAILED"} ({r["wall_s"]} s)', flush=True)
+        _write(args.report, repo, args, results)
+    return 0 if all(r.get('ok') for r in results) else 1
+
+
+def _write(path: str, repo: str, args, results) -> None:
+    lines = [
+        '# Rehearsal: every shipped config at its real architecture',
+        '',
+        f'Last full run: {time.strftime("%Y-%m-%d")}, commit `{_git_commit(repo)}`, '
+        f'`python tools/misc/rehearse.py --all --gpus {args.gpus} --iters {args.iters} --img-scale {args.img_scale}`'
+        f' on {os.cpu_count()} CPU cores (gloo). What each column means: see the end of this page.',
+        '',
+        HEADER,
+    ] + [row(r) for r in results] + ['', LEGEND]
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    old = open(path).read() if osp.isfile(path) else ''
+    keep = old[old.index(GPU_BEGIN):old.index(GPU_END) + len(GPU_END)] if GPU_BEGIN in old and GPU_END in old else ''
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n' + ('\n' + keep + '\n' if keep else ''))
+
+
+LEGEND = """## Columns
+- **trains (N)**: `tools/dist_train.sh` with N processes, across the O2M→O2O switch (iteration configs: switch one
+  iteration before the middle checkpoint) or 2 epochs, validation with the config's own evaluators, checkpoints.
+- **DDP**: the config's `find_unused_parameters` and the fact behind it: trainable parameters that received no
+  gradient in the first iteration (`QVUnusedParamProbeHook`). Any such parameter with the flag off stops DDP.
+- **resume**: `--resume` from the middle checkpoint in a new work dir, finishing the run (mmengine logs
+  "resumed epoch").
+- **test**: `tools/dist_test.sh` on the final checkpoint with the config's test evaluators.
+- **AMP**: a short `--amp` run (`QVAmpOptimWrapper`: bf16 autocast on CPU, fp16 + dynamic loss scale on GPU).
+- **params**: elements, whole model (Semi-DETR: teacher + student).
+- **s/iter**: median of the logged iteration times at the rehearsal scale (not the real scale).
+- **peak RSS**: the whole process tree of the step (launcher, ranks, data workers), sampled every 0.5 s.
+- **where the weights come from**: each component's parameters, built and initialised twice with different seeds:
+  `pretrained` = equal in both builds (loaded from its init_cfg file), `load_from` = present in the load_from
+  checkpoint, `random` = initialised at random (constant initialisations such as LayerNorm weights are not counted).
+  A pretrained part training from scratch shows up as `random`.
+"""
+
+
+GPU_BEGIN, GPU_END = '<!-- gpu-check:begin -->', '<!-- gpu-check:end -->'
+
+
+def gpu_section(out_dir: str) -> str:
+    """The "GPU check" section from ``tools/gpu_check.sh``'s outputs (MSDA comparison + rehearsals at real scale)."""
+    lines = [GPU_BEGIN, '## GPU check (`bash tools/gpu_check.sh`)', '']
+    msda_path = osp.join(out_dir, 'msda.json')
+    device = 'unknown GPU'
+    if osp.isfile(msda_path):
+        with open(msda_path) as f:
+            msda = json.load(f)
+        device = msda['device']
+        lines.append(f'{time.strftime("%Y-%m-%d")} on {device}. MSDA CUDA vs PyTorch (forward + 3 gradients), '
+                     f'worst relative error per case (tolerance {msda["tol"]:g} for float32): ' + ', '.join(
+                         f'{k}: {max(v["rel"] for v in r.values()):.1e}' for k, r in msda['results'].items()))
+    else:
+        lines.append('MSDA comparison: no result (see the gpu_check log).')
+    lines += ['', '| config | train (real scale) | s/iter fp32 | peak GPU mem fp32 | AMP | s/iter AMP | '
+              'peak GPU mem AMP |', '|---|---|---|---|---|---|---|']
+    for path in sorted(glob.glob(osp.join(out_dir, '*.json'))):
+        if path.endswith('msda.json'):
+            continue
+        with open(path) as f:
+            r = json.load(f)
+        st = r.get('steps', {})
+
+        def fmt(x, unit=''):
+            return f'{x:.2f}{unit}' if isinstance(x, (int, float)) else '—'
+
+        lines.append(f'| `{r["config"]}` | {_mark(st, "train")} | {fmt(r.get("s_per_iter"))} | '
+                     f'{fmt(r.get("cuda_memory_mb"), " MB")} | {_mark(st, "amp")} | {fmt(r.get("amp_s_per_iter"))} | '
+                     f'{fmt(r.get("amp_cuda_memory_mb"), " MB")} |')
+    return '\n'.join(lines + ['', GPU_END])
+
+
+def replace_gpu_section(md_path: str, section: str) -> None:
+    text = open(md_path).read() if osp.isfile(md_path) else '# Rehearsal\n'
+    if GPU_BEGIN in text and GPU_END in text:
+        text = text[:text.index(GPU_BEGIN)] + section + text[text.index(GPU_END) + len(GPU_END):]
+    else:
+        text = text.rstrip('\n') + '\n\n' + section + '\n'
+    with open(md_path, 'w') as f:
+        f.write(text)
+
+
+if __name__ == '__main__':
+    import argparse
+    p = argparse.ArgumentParser(description='write the GPU-check section of docs/rehearsal.md')
+    p.add_argument('--gpu-section', nargs=2, metavar=('OUT_DIR', 'MARKDOWN'), required=True)
+    a = p.parse_args()
+    replace_gpu_section(a.gpu_section[1], gpu_section(a.gpu_section[0]))

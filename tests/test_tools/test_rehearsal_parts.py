@@ -1,0 +1,140 @@
+"""The rehearsal's parts on their own: config shrinking keeps everything but scale / size / schedule, the Swin
+stand-in checkpoint is in the release layout (mmdet's converter maps it onto every backbone weight), the weight
+provenance tells pretrained from random, and the data writers produce files the configs' datasets load."""
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from queryvision_mm.testing.rehearsal import RehearsalContext
+from queryvision_mm.testing.rehearsal.plan import iter_transforms, rehearsal_config
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def _cfg(rel):
+    return Config.fromfile(osp.join(REPO, rel))
+
+
+def test_shrink_keeps_model_and_scales_every_resize_by_one_factor():
+    cfg = _cfg('configs/sparse_semi_detr/coco_10pct.py')
+    rcfg, facts = rehearsal_config(cfg, iters=4, short_side=80)
+    assert rcfg.model == cfg.model  # architecture, queries, layers, classes untouched
+    assert rcfg.optim_wrapper == cfg.optim_wrapper and rcfg.train_dataloader.batch_size == 5
+    assert facts['scale_factor'] == pytest.approx(80 / 800)
+    sup = rcfg.train_dataloader.dataset.datasets[0].pipeline
+    scales = next(t for t in iter_transforms(sup) if t['type'] == 'RandomChoiceResize')['scales']
+    assert [s[1] for s in scales] == [round(s * 0.1) for s in range(480, 801, 32)]  # ratios kept
+    unsup = rcfg.train_dataloader.dataset.datasets[1].pipeline
+    assert all(max(s) <= 134 for t in iter_transforms(unsup) if t['type'] == 'RandomChoiceResize'
+               for s in t['scales'])  # the MultiBranch weak/strong branches too
+    assert rcfg.train_cfg.max_iters == 4 and facts['resume_from'] == 'iter_2.pth'
+    switch = next(h for h in rcfg.custom_hooks if h['type'] == 'QVStageSwitchHook')
+    assert switch['switch_iter'] == 1  # before the middle checkpoint: the resumed half runs after the switch
+    assert rcfg.custom_hooks[-1]['type'] == 'QVUnusedParamProbeHook'
+    assert cfg.custom_hooks[-1]['type'] != 'QVUnusedParamProbeHook'  # the original is not modified
+
+
+def test_shrink_epoch_schedule_keeps_no_validation_during_training():
+    cfg = _cfg('configs/cq_dino/v3det_r50.py')
+    rcfg, facts = rehearsal_config(cfg, iters=4, short_side=64)
+    assert rcfg.train_cfg.max_epochs == 2 and facts['iters_per_epoch'] == 2
+    assert facts['validates_in_training'] == (cfg.train_cfg.val_interval <= cfg.train_cfg.max_epochs)
+    milestones = next(s for s in rcfg.param_scheduler if 'milestones' in s)['milestones']
+    assert all(1 <= m <= 2 for m in milestones)
+    warm = next(s for s in rcfg.param_scheduler if s['type'] == 'LinearLR')
+    assert warm['end'] <= 2
+
+
+def test_swin_standin_is_in_release_layout_and_converts_onto_every_backbone_weight():
+    from mmdet.models.backbones.swin import swin_converter
+    from mmdet.registry import MODELS
+    from queryvision_mm.testing.rehearsal.weights_det import swin_release_state_dict
+    arch = dict(type='SwinTransformer', pretrain_img_size=224, embed_dims=32, depths=[2, 2], num_heads=[2, 4],
+                window_size=7, out_indices=(0, 1), convert_weights=True)
+    release = swin_release_state_dict(arch, num_head_classes=10)['model']
+    assert 'patch_embed.proj.weight' in release and 'layers.0.blocks.0.attn.qkv.weight' in release
+    assert 'layers.0.blocks.0.mlp.fc1.weight' in release and 'head.weight' in release
+    assert not any(k.startswith('stages.') or 'w_msa' in k for k in release)
+    converted = swin_converter(release)
+    model = MODELS.build(dict(arch, init_cfg=None))
+    own = model.state_dict()
+    missing = [k for k in own if k not in converted and not k.startswith('norm')]
+    assert missing == []
+    assert all(converted[k].shape == own[k].shape for k in converted if k in own)
+
+
+def test_provenance_tells_pretrained_from_random(tmp_path, monkeypatch):
+    import torchvision
+    from queryvision_mm.testing.rehearsal.provenance import weight_sources
+    from queryvision_mm.testing.rehearsal.weights_det import pretrained_init_cfgs
+    ctx = RehearsalContext(root=str(tmp_path), torch_home=str(tmp_path / 'th'))
+    model = dict(type='RetinaNet', data_preprocessor=dict(type='DetDataPreprocessor'),
+                 backbone=dict(type='ResNet', depth=18, num_stages=4, out_indices=(3, ),
+                               init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet18')),
+                 neck=dict(type='FPN', in_channels=[512], out_channels=32, num_outs=1),
+                 bbox_head=dict(type='RetinaHead', num_classes=3, in_channels=32, feat_channels=32,
+                                anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4,
+                                                      scales_per_octave=1, ratios=[1.0], strides=[32]),
+                                bbox_coder=dict(type='DeltaXYWHBBoxCoder'),
+                                loss_cls=dict(type='FocalLoss', use_sigmoid=True),
+                                loss_bbox=dict(type='L1Loss')),
+                 train_cfg=None, test_cfg=None)
+    cfg = Config(dict(model=model))
+    pretrained_init_cfgs(cfg, ctx)
+    (rec, ) = ctx.weights
+    assert osp.isfile(rec.written) and rec.written.startswith(str(tmp_path / 'th' / 'hub' / 'checkpoints'))
+    saved = torch.load(rec.written, weights_only=True)
+    assert set(saved) == set(torchvision.models.resnet18().state_dict())  # torchvision's own key layout
+    monkeypatch.setenv('TORCH_HOME', ctx.torch_home)
+    src = weight_sources(cfg)
+    assert src['backbone']['pretrained'] > 0.99 * (src['backbone']['total'] - src['backbone']['constant'])
+    assert src['backbone']['random'] == 0
+    assert src['neck']['random'] > 0 and src['neck']['pretrained'] == 0
+
+
+def test_unknown_url_is_an_error(tmp_path):
+    from queryvision_mm.testing.rehearsal.weights_det import pretrained_init_cfgs
+    ctx = RehearsalContext(root=str(tmp_path), torch_home=str(tmp_path / 'th'))
+    cfg = Config(dict(model=dict(type='X', backbone=dict(type='Y', init_cfg=dict(
+        type='Pretrained', checkpoint='https://example.invalid/some_model.pth')))))
+    with pytest.raises(NotImplementedError, match='some_model.pth'):
+        pretrained_init_cfgs(cfg, ctx)
+
+
+def test_coco_semi_and_v3det_writers_load_through_the_configs_datasets(tmp_path, monkeypatch):
+    from mmdet.registry import DATASETS
+    from queryvision_mm.testing.rehearsal import DATA_WRITERS, data_det  # noqa: F401
+    from queryvision_mm.testing.rehearsal.plan import iter_datasets, loaders
+    from queryvision_mm.testing.rehearsal.weights_det import category_side_files
+    monkeypatch.chdir(tmp_path)
+    for rel, n_cls in (('configs/semi_detr/coco_10pct.py', 80), ('configs/cq_dino/v3det_r50.py', 13204)):
+        ctx = RehearsalContext(root=str(tmp_path / rel.replace('/', '_')), torch_home=str(tmp_path / 'th'),
+                               num_images=3, img_scale=64)
+        (tmp_path / rel.replace('/', '_')).mkdir()
+        monkeypatch.chdir(ctx.root)
+        cfg = _cfg(rel)
+        if cfg.get('num_classes'):
+            ctx.extra['num_classes'] = cfg.num_classes
+        leaves = [ds for loader in loaders(cfg) for ds in iter_datasets(loader['dataset'])]
+        for ds in leaves:
+            DATA_WRITERS[ds['type']](ds, ctx)
+        category_side_files(cfg, ctx)
+        for ds in leaves:
+            dataset = DATASETS.build(dict(ds, pipeline=[], lazy_init=False))
+            assert len(dataset.metainfo['classes']) == n_cls
+            unlabeled = 'unlabeled' in ds['ann_file']
+            assert len(dataset) == (3 if unlabeled or not ds.get('filter_cfg') else len(dataset))
+            assert len(dataset) >= 1
+            info = dataset.get_data_info(0)
+            assert osp.isfile(info['img_path'])
+            assert (len(info['instances']) == 0) == unlabeled
+        if n_cls == 13204:  # the CQ-DINO model's own readers accept the side files
+            from queryvision_mm.datasets.category_hierarchy import CategoryHierarchy
+            tree = cfg.model.language_model.relation.tree_file
+            h = CategoryHierarchy.from_v3det_tree(tree, list(range(1, 13205)))
+            assert h.max_level >= 1
+            from queryvision_mm.utils.text_embeddings import load_class_embeddings
+            emb, names, _ = load_class_embeddings(cfg.model.language_model.embed_file)
+            assert emb.shape == (13204, 768) and names[:2] == ['category 0', 'category 1']
