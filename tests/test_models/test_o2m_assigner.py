@@ -83,3 +83,18 @@ def test_topk_larger_than_predictions():
                                         InstanceData(bboxes=gt_boxes, labels=gt_labels))
     ref, _ = reference_assign(scores, boxes, gt_boxes, gt_labels, 13, 1.0, 6.0)
     assert torch.equal(res.gt_inds, ref)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_reduced_precision_predictions_under_amp(dtype):
+    """Under --amp the head's predictions are bf16/fp16; the assignment runs in float32 on their values
+    (before the fix: "Index put requires the source and destination dtypes match")."""
+    scores, boxes, gt_boxes, gt_labels = random_case(3)
+    scores, boxes = scores.to(dtype), boxes.to(dtype)
+    assigner = QVO2MAssigner(topk=13, alpha=1.0, beta=6.0)
+    res = assigner.assign(InstanceData(scores=scores, bboxes=boxes), InstanceData(bboxes=gt_boxes, labels=gt_labels))
+    ref = assigner.assign(InstanceData(scores=scores.float(), bboxes=boxes.float()),
+                          InstanceData(bboxes=gt_boxes, labels=gt_labels))
+    assert torch.equal(res.gt_inds, ref.gt_inds)
+    assert res.max_overlaps.dtype == torch.float32
+    torch.testing.assert_close(res.get_extra_property('assign_metrics'), ref.get_extra_property('assign_metrics'))

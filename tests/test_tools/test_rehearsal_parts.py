@@ -19,21 +19,31 @@ def _cfg(rel):
 
 def test_shrink_keeps_model_and_scales_every_resize_by_one_factor():
     cfg = _cfg('configs/sparse_semi_detr/coco_10pct.py')
-    rcfg, facts = rehearsal_config(cfg, iters=4, short_side=80)
+    rcfg, facts = rehearsal_config(cfg, iters=4, short_side=400)
     assert rcfg.model == cfg.model  # architecture, queries, layers, classes untouched
     assert rcfg.optim_wrapper == cfg.optim_wrapper and rcfg.train_dataloader.batch_size == 5
-    assert facts['scale_factor'] == pytest.approx(80 / 800)
+    assert facts['scale_factor'] == pytest.approx(400 / 800) and facts['img_scale'] == 400
     sup = rcfg.train_dataloader.dataset.datasets[0].pipeline
     scales = next(t for t in iter_transforms(sup) if t['type'] == 'RandomChoiceResize')['scales']
-    assert [s[1] for s in scales] == [round(s * 0.1) for s in range(480, 801, 32)]  # ratios kept
+    assert [s[1] for s in scales] == [round(s * 0.5) for s in range(480, 801, 32)]  # ratios kept
     unsup = rcfg.train_dataloader.dataset.datasets[1].pipeline
-    assert all(max(s) <= 134 for t in iter_transforms(unsup) if t['type'] == 'RandomChoiceResize'
+    assert all(max(s) <= 667 for t in iter_transforms(unsup) if t['type'] == 'RandomChoiceResize'
                for s in t['scales'])  # the MultiBranch weak/strong branches too
     assert rcfg.train_cfg.max_iters == 4 and facts['resume_from'] == 'iter_2.pth'
     switch = next(h for h in rcfg.custom_hooks if h['type'] == 'QVStageSwitchHook')
     assert switch['switch_iter'] == 1  # before the middle checkpoint: the resumed half runs after the switch
     assert rcfg.custom_hooks[-1]['type'] == 'QVUnusedParamProbeHook'
     assert cfg.custom_hooks[-1]['type'] != 'QVUnusedParamProbeHook'  # the original is not modified
+
+
+def test_scale_is_raised_until_the_queries_have_enough_encoder_tokens():
+    from queryvision_mm.testing.rehearsal.plan import encoder_tokens, min_short_side
+    cfg = _cfg('configs/sparse_semi_detr/coco_10pct.py')  # 900 queries, 4 levels, smallest choice 480/800
+    side = min_short_side(cfg, 96)
+    assert encoder_tokens(cfg, side) >= 900 > encoder_tokens(cfg, side - 16)
+    rcfg, facts = rehearsal_config(cfg, iters=4, short_side=96)
+    assert facts['img_scale'] == side and 'raised from 96' in facts['img_scale_note']
+    assert min_short_side(_cfg('configs/sparse_semi_detr/demo_shapes.py'), 96) == 96  # 100 queries fit
 
 
 def test_shrink_epoch_schedule_keeps_no_validation_during_training():
@@ -57,7 +67,7 @@ def test_swin_standin_is_in_release_layout_and_converts_onto_every_backbone_weig
     assert 'patch_embed.proj.weight' in release and 'layers.0.blocks.0.attn.qkv.weight' in release
     assert 'layers.0.blocks.0.mlp.fc1.weight' in release and 'head.weight' in release
     assert not any(k.startswith('stages.') or 'w_msa' in k for k in release)
-    converted = swin_converter(release)
+    converted = {k[len('backbone.'):]: v for k, v in swin_converter(release).items()}  # as init_weights strips
     model = MODELS.build(dict(arch, init_cfg=None))
     own = model.state_dict()
     missing = [k for k in own if k not in converted and not k.startswith('norm')]
@@ -88,8 +98,8 @@ def test_provenance_tells_pretrained_from_random(tmp_path, monkeypatch):
     saved = torch.load(rec.written, weights_only=True)
     assert set(saved) == set(torchvision.models.resnet18().state_dict())  # torchvision's own key layout
     monkeypatch.setenv('TORCH_HOME', ctx.torch_home)
-    src = weight_sources(cfg)
-    assert src['backbone']['pretrained'] > 0.99 * (src['backbone']['total'] - src['backbone']['constant'])
+    src = weight_sources(cfg, weight_files=[rec.written])
+    assert src['backbone']['pretrained'] > 0.99 * (src['backbone']['total'] - src['backbone']['fixed'])
     assert src['backbone']['random'] == 0
     assert src['neck']['random'] > 0 and src['neck']['pretrained'] == 0
 

@@ -100,11 +100,13 @@ def rehearse(config: str, args) -> dict:
     _import_config_modules(cfg)
     rcfg, facts = rehearsal_config(cfg, args.iters, args.img_scale)
     result['facts'] = facts
+    result['img_scale'] = facts['img_scale']
 
     batch = rcfg.train_dataloader.get('batch_size', 1) if rcfg.get('train_dataloader') else 1
     per_epoch = facts.get('iters_per_epoch', 1)
     num_images = max(4, per_epoch * batch * args.gpus) if facts.get('by_epoch') else max(4, batch * args.gpus)
-    ctx = RehearsalContext(root=sandbox, torch_home=torch_home, num_images=num_images, img_scale=args.img_scale)
+    ctx = RehearsalContext(root=sandbox, torch_home=torch_home, num_images=num_images,
+                           img_scale=facts['img_scale'] if facts['img_scale'] > 0 else 800)
     num_classes = cfg.get('num_classes')
     if num_classes:
         ctx.extra['num_classes'] = int(num_classes)
@@ -151,7 +153,8 @@ def rehearse(config: str, args) -> dict:
             old_home = os.environ.get('TORCH_HOME')
             os.environ['TORCH_HOME'] = torch_home  # Pretrained init_cfg URLs resolve to the stand-ins
             try:
-                sources = weight_sources(rcfg, load_state)
+                files = [w.written for w in ctx.weights if w.kind != 'load_from']
+                sources = weight_sources(rcfg, load_state, files)
             finally:
                 os.environ.pop('TORCH_HOME') if old_home is None else os.environ.update(TORCH_HOME=old_home)
             result['sources'] = sources
@@ -202,7 +205,12 @@ def rehearse(config: str, args) -> dict:
                     result['steps']['resume']['resumed_from_middle'] = resumed
                     result['steps']['resume']['ok'] = resumed
             if 'test' not in args.skip:
-                step('test', 'test', [rcfg_path, result['final_checkpoint'], '--work-dir', osp.join(wd, 'test')])
+                if rcfg.get('test_dataloader'):
+                    step('test', 'test', [rcfg_path, result['final_checkpoint'], '--work-dir', osp.join(wd, 'test')])
+                else:  # no test loop (MaO stage A): a step plan may evaluate the trained weights its own way
+                    for plan in STEP_PLANS:
+                        if hasattr(plan, 'test_trained'):
+                            plan.test_trained(rcfg, rcfg_path, wd, run, result['final_checkpoint'])
         if 'amp' not in args.skip:
             short = ['train_cfg.max_epochs=1'] if facts.get('by_epoch') else ['train_cfg.max_iters=2']
             res = step('amp', 'train', [rcfg_path, '--work-dir', osp.join(wd, 'amp'), '--amp', '--cfg-options',

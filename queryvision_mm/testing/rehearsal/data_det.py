@@ -30,7 +30,8 @@ def render(ctx: RehearsalContext, path: str, num_classes: int, max_objects: int 
     """Write one JPEG at ``path`` and return (width, height, [(label, [x, y, w, h])])."""
     rng = ctx.rng
     s = ctx.img_scale
-    w, h = int(s * rng.uniform(0.9, 1.3)), int(s * rng.uniform(0.8, 1.0))
+    h = int(s * rng.uniform(0.95, 1.0))
+    w = int(h * 4 / 3)  # the aspect plan.min_short_side assumes
     img = rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8) // 4 + 96
     objects = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
@@ -90,23 +91,29 @@ def write_coco(ds_cfg, ctx: RehearsalContext) -> None:
 
 
 def v3det_tree(num_classes: int, fanout: int = 32) -> Dict:
-    """A category tree in the official V3Det JSON schema: root ``n00000000`` -> groups -> categories, every
-    category a leaf (nodes are WordNet-style ids)."""
-    root = 'n00000000'
-    groups = [f'n1{g:07d}' for g in range((num_classes + fanout - 1) // fanout)]
+    """A category tree in the official V3Det JSON schema: non-category nodes ``entity`` -> ``object`` above
+    category 0, and category i > 0 a child of category (i - 1) // fanout, so categories are internal nodes with
+    images of their own as in V3Det (depth ~ log_fanout(C); WordNet-style node ids)."""
+    root, obj = 'n00000000', 'n00000001'
     cat_nodes = [f'n2{c:07d}' for c in range(num_classes)]
-    father2child = {root: list(groups)}
-    for g, node in enumerate(groups):
-        father2child[node] = cat_nodes[g * fanout:(g + 1) * fanout]
+    father2child: Dict[str, List[str]] = {root: [obj], obj: [cat_nodes[0]]}
+    for i in range(1, num_classes):
+        father2child.setdefault(cat_nodes[(i - 1) // fanout], []).append(cat_nodes[i])
     child2father = {c: [p] for p, cs in father2child.items() for c in cs}
-    anc2desc = {root: groups + cat_nodes}
-    anc2desc.update({g: father2child[g] for g in groups})
-    desc2anc: Dict[str, List[str]] = {}
-    for a, ds in anc2desc.items():
-        for d in ds:
-            desc2anc.setdefault(d, []).append(a)
-    names = {root: 'entity', **{g: f'group {i}' for i, g in enumerate(groups)},
-             **{c: f'category {i}' for i, c in enumerate(cat_nodes)}}
+
+    def ancestors(n: str) -> List[str]:
+        out = []
+        while n in child2father:
+            n = child2father[n][0]
+            out.append(n)
+        return out
+
+    desc2anc = {n: ancestors(n) for n in [obj] + cat_nodes}
+    anc2desc: Dict[str, List[str]] = {}
+    for d, ancs in desc2anc.items():
+        for a in ancs:
+            anc2desc.setdefault(a, []).append(d)
+    names = {root: 'entity', obj: 'object', **{c: f'category {i}' for i, c in enumerate(cat_nodes)}}
     return dict(categoryid2treeid={str(i + 1): n for i, n in enumerate(cat_nodes)}, id2name=names,
                 id2desc=dict(names), father2child=father2child, child2father=child2father,
                 ancestor2descendant=anc2desc, descendant2ancestor=desc2anc)

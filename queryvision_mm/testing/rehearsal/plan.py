@@ -80,6 +80,44 @@ def shrink_image_scale(cfg, short_side: int) -> float:
     return f
 
 
+def _detector(model: dict) -> dict:
+    return model.get('detector', model) if isinstance(model, dict) else {}
+
+
+def encoder_tokens(cfg, short_side: int, aspect: float = 4 / 3) -> int:
+    """Encoder tokens of a multi-scale DETR at the smallest resize of every pipeline once shrunk to
+    ``short_side`` (images of the given aspect, as the rehearsal writes them)."""
+    probe = copy.deepcopy(cfg)
+    shrink_image_scale(probe, short_side)
+    sides = []
+    for loader in loaders(probe):
+        for ds in iter_datasets(loader['dataset']):
+            for t in iter_transforms(ds.get('pipeline', [])):
+                choices = t.get('scales') or ([t['scale']] if isinstance(t.get('scale'), (list, tuple)) else [])
+                sides += [(min(c), max(c)) for c in choices if isinstance(c, (list, tuple))]
+    if not sides:
+        return 10**9
+    det = _detector(cfg.model)
+    levels = det.get('num_feature_levels', 4)
+    strides = [(4 if levels >= 5 else 8) * 2**i for i in range(levels)]
+    short, long_cap = min(sides)
+    long = min(long_cap, short * aspect)
+    return sum(math.ceil(short / s) * math.ceil(long / s) for s in strides)
+
+
+def min_short_side(cfg, requested: int) -> int:
+    """The smallest short side >= ``requested`` at which a two-stage DETR (DINO, Grounding DINO) still has at least
+    ``num_queries`` encoder tokens to pick its queries from (``topk`` over tokens); ``requested`` otherwise."""
+    det = _detector(cfg.get('model') or {})
+    queries = det.get('num_queries')
+    if requested <= 0 or not queries or 'encoder' not in det:
+        return requested
+    side = requested
+    while encoder_tokens(cfg, side) < queries:
+        side += 16
+    return side
+
+
 def shrink_schedule(cfg, iters: int) -> dict:
     """Iteration-based: ``iters`` iterations, the O2M->O2O switch one iteration before the middle checkpoint (the
     resumed half then starts after the switch, so the switch state must come back from the checkpoint).
@@ -101,7 +139,8 @@ def shrink_schedule(cfg, iters: int) -> dict:
         tc.update(max_iters=iters, val_interval=iters)
         f = iters / old
         facts.update(iters=iters, resume_from=f'iter_{half}.pth', validates_in_training=True)
-    for s in cfg.get('param_scheduler') or []:
+    schedulers = cfg.get('param_scheduler') or []
+    for s in [schedulers] if isinstance(schedulers, dict) else schedulers:  # mmpretrain configs: often one dict
         unit_iters = not s.get('by_epoch', True) or not by_epoch
         for k in ('begin', 'end'):
             if k in s and isinstance(s[k], int):
@@ -138,7 +177,12 @@ def shrink_loaders(cfg, workers: int = 1) -> None:
 def rehearsal_config(cfg: Config, iters: int, short_side: int) -> (Config, dict):
     """The shrunk copy of ``cfg`` plus the probe hook that records trainable parameters without a gradient."""
     cfg = copy.deepcopy(cfg)
-    facts = dict(scale_factor=shrink_image_scale(cfg, short_side))
+    needed = min_short_side(cfg, short_side)
+    facts = dict(img_scale=needed)
+    if needed != short_side:
+        facts['img_scale_note'] = (f'raised from {short_side}: {_detector(cfg.model)["num_queries"]} queries need as '
+                                   f'many encoder tokens at the smallest multi-scale choice')
+    facts['scale_factor'] = shrink_image_scale(cfg, needed)
     if cfg.get('train_cfg') and cfg.get('train_dataloader'):
         facts.update(shrink_schedule(cfg, iters))
     shrink_loaders(cfg)

@@ -1,10 +1,15 @@
-"""Where every weight of a model comes from, found empirically: the model is built and initialised twice with
-different seeds (its own ``init_weights``, so Pretrained ``init_cfg`` files load as in training). A parameter equal in
-both builds and not constant came from a file; one that differs is random; one whose elements are all equal is a
-constant initialisation (LayerNorm ones, zero biases). Parameters found in the ``load_from`` checkpoint with the
-same shape come from it (they overwrite the rest when the Runner loads it)."""
+"""Where every weight of a model comes from, found empirically by building and initialising the model three times
+with its own code (``__init__`` and ``init_weights``, so Pretrained ``init_cfg`` files and local weight files load
+as in training): seeds 1 and 3 as is, seed 2 with every stand-in weight file perturbed (its floating tensors shifted,
+then restored). A parameter equal in all three is a fixed initialisation (LayerNorm ones, zero biases, MSDA's
+sampling-offset grid); equal in builds 1 and 3 but changed by the perturbation, it came from a file; otherwise it is
+random. Parameters found in the ``load_from`` checkpoint with the same shape come from it (they overwrite the rest
+when the Runner loads it)."""
+import contextlib
+import os
+import os.path as osp
 from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -19,36 +24,105 @@ def component(name: str) -> str:
     return '.'.join(parts[:keep])
 
 
-def _build(cfg, seed: int):
+def _build(model_cfg, seed: int):
     from mmengine.registry import MODELS
     torch.manual_seed(seed)
-    model = MODELS.build(cfg.model)
+    model = MODELS.build(model_cfg)
     if hasattr(model, 'init_weights'):
         model.init_weights()
     return model
 
 
-def weight_sources(cfg, load_from_state: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, Dict]:
-    """{component: {'total': n, 'trainable': n, 'load_from': n, 'pretrained': n, 'random': n, 'constant': n}}
+WEIGHT_SUFFIXES = ('.pth', '.pt', '.bin', '.safetensors')
+
+
+def _weight_files(paths: Sequence[str]) -> List[str]:
+    out = []
+    for p in paths:
+        if osp.isdir(p):
+            out += [osp.join(d, f) for d, _, fs in os.walk(p) for f in sorted(fs) if f.endswith(WEIGHT_SUFFIXES)]
+        elif osp.isfile(p) and p.endswith(WEIGHT_SUFFIXES):
+            out.append(p)
+    return out
+
+
+def _shift(state):
+    if isinstance(state, torch.Tensor):
+        return state + 1.0 if state.is_floating_point() else state
+    if isinstance(state, dict):
+        return type(state)((k, _shift(v)) for k, v in state.items())
+    return state
+
+
+@contextlib.contextmanager
+def perturbed(paths: Sequence[str]):
+    """Every weight file under ``paths`` with its floating tensors shifted by 1, restored on exit."""
+    moved = []
+    try:
+        for f in _weight_files(paths):
+            bak = f + '.provenance-bak'
+            os.replace(f, bak)
+            moved.append((bak, f))
+            if f.endswith('.safetensors'):
+                from safetensors import safe_open
+                from safetensors.torch import save_file
+                with safe_open(bak, framework='pt') as h:
+                    meta = h.metadata()
+                    tensors = {k: h.get_tensor(k) for k in h.keys()}
+                save_file(_shift(tensors), f, metadata=meta)
+            else:
+                torch.save(_shift(torch.load(bak, map_location='cpu', weights_only=True)), f)
+        yield
+    finally:
+        for bak, f in moved:
+            os.replace(bak, f)
+
+
+def _parts(model_cfg):
+    """[(prefix, config)] of the model, compared one at a time: the model itself, or, when it is not an
+    ``nn.Module`` but a holder of modules built from its arguments (MaO's ``QVMaODescriber``: encoder, proposals,
+    masks), each of those (peak memory: two copies of the largest part, not of the whole)."""
+    from mmengine.registry import MODELS
+    cls = None
+    if isinstance(model_cfg.get('type'), str):
+        with MODELS.switch_scope_and_registry(None) as registry:  # the default scope's registry, as build() uses
+            cls = registry.get(model_cfg['type'])
+    if cls is None or issubclass(cls, torch.nn.Module):
+        return [('', model_cfg)]
+    return [(f'{k}.', v) for k, v in model_cfg.items() if isinstance(v, dict) and 'type' in v]
+
+
+def weight_sources(cfg, load_from_state: Optional[Dict[str, torch.Tensor]] = None,
+                   weight_files: Sequence[str] = ()) -> Dict[str, Dict]:
+    """{component: {'total': n, 'trainable': n, 'load_from': n, 'pretrained': n, 'random': n, 'fixed': n}}
     counted in parameter elements."""
-    m1 = _build(cfg, 1)
-    p2 = dict(_build(cfg, 2).named_parameters())
     out: Dict[str, Dict] = OrderedDict()
+    for prefix, model_cfg in _parts(cfg.model):
+        _compare(model_cfg, prefix, load_from_state, weight_files, out)
+    return out
+
+
+def _compare(model_cfg, prefix: str, load_from_state, weight_files, out: Dict[str, Dict]) -> None:
+    m1 = _build(model_cfg, 1)
+    with perturbed(weight_files):
+        p2 = dict(_build(model_cfg, 2).named_parameters())
+    p3 = dict(_build(model_cfg, 3).named_parameters())
     for name, p in m1.named_parameters():
+        own = name
+        name = prefix + name
         row = out.setdefault(component(name), dict(total=0, trainable=0, load_from=0, pretrained=0, random=0,
-                                                   constant=0))
+                                                   fixed=0))
         n = p.numel()
         row['total'] += n
         row['trainable'] += n if p.requires_grad else 0
         if load_from_state is not None and name in load_from_state and load_from_state[name].shape == p.shape:
             row['load_from'] += n
-        elif p.numel() > 1 and bool((p == p.reshape(-1)[0]).all()):
-            row['constant'] += n
-        elif torch.equal(p, p2[name]):
+        elif torch.equal(p, p2[own]) and torch.equal(p, p3[own]):
+            row['fixed'] += n
+        elif torch.equal(p, p3[own]):
             row['pretrained'] += n
         else:
             row['random'] += n
-    return out
 
 
 def summarise(sources: Dict[str, Dict]) -> str:
@@ -57,5 +131,5 @@ def summarise(sources: Dict[str, Dict]) -> str:
     for comp, r in sources.items():
         srcs = [k for k in ('load_from', 'pretrained', 'random') if r[k]]
         share = ', '.join(f'{k} {100 * r[k] / r["total"]:.0f}%' for k in srcs)
-        parts.append(f'{comp}: {share or "constant"}')
+        parts.append(f'{comp}: {share or "fixed init"}')
     return '; '.join(parts)

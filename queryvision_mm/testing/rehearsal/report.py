@@ -139,7 +139,8 @@ LEGEND = """## Columns
 - **peak RSS**: the whole process tree of the step (launcher, ranks, data workers), sampled every 0.5 s.
 - **where the weights come from**: each component's parameters, built and initialised twice with different seeds:
   `pretrained` = equal in both builds (loaded from its init_cfg file), `load_from` = present in the load_from
-  checkpoint, `random` = initialised at random (constant initialisations such as LayerNorm weights are not counted).
+  checkpoint, `random` = initialised at random; fixed initialisations (LayerNorm ones, zero biases, MSDA offset grids)
+  are not counted.
   A pretrained part training from scratch shows up as `random`.
 """
 

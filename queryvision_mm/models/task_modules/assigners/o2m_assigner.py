@@ -61,9 +61,11 @@ class QVO2MAssigner(BaseAssigner):
             negatives), ``max_overlaps`` (IoU with the assigned ground truth), and the extra property
             ``assign_metrics`` (N,) holding :math:`\hat t` for positives, 0 elsewhere.
         """
-        scores = pred_instances.scores
-        pred_bboxes = pred_instances.bboxes
-        gt_bboxes = gt_instances.bboxes
+        # in float32 whatever the autocast dtype of the predictions (bf16/fp16 under --amp): the IoUs, t and
+        # the targets t-hat are compared and written into float32 buffers
+        scores = pred_instances.scores.float()
+        pred_bboxes = pred_instances.bboxes.float()
+        gt_bboxes = gt_instances.bboxes.float()
         gt_labels = gt_instances.labels
         num_pred, num_gt = pred_bboxes.size(0), gt_bboxes.size(0)
 
