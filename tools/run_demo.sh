@@ -3,7 +3,8 @@
 #   set up the environment (tools/setup_env.sh), generate the demo data, train Sparse Semi-DETR
 #   (configs/sparse_semi_detr/demo_shapes.py; pass configs/semi_detr/demo_shapes.py for the Semi-DETR baseline)
 #   on CPU, evaluate it with tools/test.py (COCO AP, AP_s/m/l, duplicate rate) and write
-#   work_dirs/sparse_semi_detr_demo_shapes/pseudo_labels_vs_student.png (work_dirs/<config dir>_<config name>/).
+#   work_dirs/sparse_semi_detr_demo_shapes/pseudo_labels_vs_student.png (work_dirs/<config dir>_<config name>/, the
+#   tools' default work dir).
 #   CQ-DINO: bash tools/run_demo.sh configs/cq_dino/demo_v3det.py -- when CONFIG_stage1.py exists it is trained
 #   first (selector pre-training) and CONFIG starts from its checkpoint (load_from); predictions are drawn with
 #   tools/test.py --show-dir.

@@ -30,6 +30,9 @@ def parse_args(argv=None):
         help='directory where painted images will be saved. If specified, it will be automatically saved to '
         'the work_dir/timestamp/show_dir')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument('--interval', type=int, default=1,
+                        help='mmpretrain configs: draw every N-th test sample with --show/--show-dir (as '
+                        "mmpretrain's tools/test.py; mmdet's hook keeps its config's interval)")
     add_common_args(parser)
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (flip by default)')
     args = parser.parse_args(argv)
@@ -77,17 +80,17 @@ def main(argv=None):
     args = parse_args(argv)
     import_queryvision_mm()
 
-    from mmdet.engine.hooks.utils import trigger_visualization_hook
     from mmdet.evaluation import DumpDetResults
-    from queryvision_mm.utils.cli import build_runner, load_tool_config, shutdown_distributed
+    from queryvision_mm.utils.cli import (build_runner, enable_visualization, load_tool_config, resolve_show_dir,
+                                          shutdown_distributed)
 
     cfg = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 
     # 'none': models whose weights all come from their config (e.g. zero-shot CLIP from its own weights file)
     cfg.load_from = None if args.checkpoint.lower() == 'none' else args.checkpoint
 
-    if args.show or args.show_dir:
-        cfg = trigger_visualization_hook(cfg, args)
+    if args.show or args.show_dir:  # mmdet's DetVisualizationHook or mmpretrain's VisualizationHook (enable=True)
+        cfg = enable_visualization(cfg, args.show, args.show_dir, args.wait_time, args.interval)
 
     if args.tta:
         cfg = enable_tta(cfg)
@@ -95,6 +98,7 @@ def main(argv=None):
     # CPU-only `--launcher pytorch`: gloo process group + CPU DDP wrapper, before the Runner exists;
     # the config's `randomness` (seed, deterministic) is used as is
     runner = build_runner(cfg)
+    resolve_show_dir(runner, args.show_dir)  # mmpretrain's hook: WORK_DIR/<timestamp>/SHOW_DIR, as mmdet's
 
     if args.out is not None:  # dummy metric that dumps the predictions
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))

@@ -37,20 +37,23 @@ def main(argv=None):
     args = parse_args(argv)
     import_queryvision_mm()
 
-    from queryvision_mm.utils.cli import build_runner, load_tool_config, shutdown_distributed
+    from queryvision_mm.utils.cli import build_runner, enable_auto_scale_lr, load_tool_config, shutdown_distributed
 
     cfg = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 
     if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
+        # QVAmpOptimWrapper = mmengine's AmpOptimWrapper on a GPU (fp16 autocast + dynamic loss scale; keep
+        # optim_wrapper.dtype='bfloat16' from the config for bf16), bf16 autocast without loss scaling on CPU
+        if not cfg.get('optim_wrapper'):
+            raise SystemExit(f'--amp: {args.config} has no optim_wrapper (nothing to train)')
+        wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if wrapper_type not in ('OptimWrapper', 'AmpOptimWrapper', 'QVAmpOptimWrapper'):
+            raise SystemExit(f'--amp needs optim_wrapper.type OptimWrapper, got {wrapper_type}')
+        cfg.optim_wrapper.type = 'QVAmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
 
-    if args.auto_scale_lr:
-        auto_scale_lr = cfg.get('auto_scale_lr', None)
-        if not auto_scale_lr or 'enable' not in auto_scale_lr or 'base_batch_size' not in auto_scale_lr:
-            raise RuntimeError('Can not find "auto_scale_lr" or "auto_scale_lr.enable" or '
-                               '"auto_scale_lr.base_batch_size" in your configuration file.')
-        cfg.auto_scale_lr.enable = True
+    if args.auto_scale_lr:  # mmdet and mmpretrain configs (the latter have no auto_scale_lr.enable)
+        enable_auto_scale_lr(cfg)
 
     # resume priority: explicit checkpoint > auto resume from work_dir
     if args.resume == 'auto':

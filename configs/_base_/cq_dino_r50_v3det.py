@@ -38,22 +38,24 @@ model = dict(
                        loss_weight=1.0),
     hierarchy=dict(tree_file=data_root + 'annotations/v3det_2023_v1_category_tree.json'),  # parent mask
     text_self_attention=False,
-    # fairscale activation checkpointing (official num_cp=6) is not a dependency here; enable it by installing
-    # fairscale and setting num_cp
-    encoder=dict(num_cp=0),
+    # official: backbone + neck under CUDA fp16 autocast, the rest fp32 (a no-op on CPU and under --amp, whose
+    # QVAmpOptimWrapper autocasts the whole forward)
+    use_autocast=True,
+    # official num_cp=6: activation checkpointing of all 6 encoder layers, with torch.utils.checkpoint (no fairscale)
+    encoder=dict(num_cp=6),
     bbox_head=dict(num_classes=256, contrastive_cfg=dict(max_text_len=topk, log_scale='auto', bias=True)),
     test_cfg=dict(max_per_img=300))
 
 backend_args = None
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='QVLoadImageFromFile', backend_args=backend_args),  # skips (and names) a rare unreadable image
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='RandomChoiceResize', scales=[(s, 1333) for s in range(480, 801, 32)], keep_ratio=True),  # no crop
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='QVLoadImageFromFile', skip_unreadable=False, backend_args=backend_args),  # error naming a bad file
     dict(type='FixScaleResize', scale=(800, 1333), keep_ratio=True, backend='pillow'),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
@@ -89,11 +91,13 @@ val_dataloader = dict(
         pipeline=test_pipeline,
         backend_args=backend_args))
 test_dataloader = val_dataloader
-# COCO-style AP at 300 detections per image with mmdet's multi-process evaluation (as V3Det's official protocol),
-# plus the selector's category recall@K / ARC. Child configs edit ``coco_metric`` and rebuild the list.
+# COCO-style AP at 300 detections per image with multi-process evaluation (as V3Det's official protocol; mmdet's
+# COCOevalMP fixed at 8 processes -> QVCocoMetric: mp_eval_procs processes over mp_eval_chunks category blocks, lower
+# them on a machine with less RAM), plus the selector's category recall@K / ARC. Child configs edit ``coco_metric``
+# and rebuild the list. Offline evaluation from dumped predictions: README, CQ-DINO.
 coco_metric = dict(
-    type='CocoMetric', ann_file=data_root + 'annotations/v3det_2023_v1_val.json', metric='bbox', use_mp_eval=True,
-    proposal_nums=[300], format_only=False, backend_args=backend_args)
+    type='QVCocoMetric', ann_file=data_root + 'annotations/v3det_2023_v1_val.json', metric='bbox', use_mp_eval=True,
+    mp_eval_procs=8, mp_eval_chunks=None, proposal_nums=[300], format_only=False, backend_args=backend_args)
 recall_metric = dict(type='QVCategoryRecallMetric')
 val_evaluator = [coco_metric, recall_metric]
 test_evaluator = val_evaluator
@@ -111,10 +115,20 @@ optim_wrapper = dict(
         },
         bypass_duplicate=True))
 max_epochs = 24
-train_cfg = dict(_delete_=True, type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
+# V3Det: no validation during training, as officially (13,204 classes x ~30k images take hours of COCO evaluation
+# while the other ranks wait). mmengine validates at the last epoch whatever val_interval says, so val_begin is put
+# beyond any epoch; evaluate with tools/test.py. COCO and stage-1 configs set val_begin=1 (validation at the end).
+train_cfg = dict(_delete_=True, type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs,
+                 val_begin=10**9)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=1000),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[12, 18], gamma=0.1),
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=16)
 randomness = dict(seed=2025)
+# collectives wait up to 4 h (torch's default: 10 min): in a distributed tools/test.py run, rank 0 alone computes the
+# V3Det COCO evaluation (an hour or more) while the other ranks wait in the broadcast of its results
+env_cfg = dict(dist_cfg=dict(backend='nccl', timeout=4 * 3600))
+# DDP needs no find_unused_parameters: stage 2 feeds every backbone output to the neck, and stage 1 (selector_only)
+# freezes what cannot reach the selector (e.g. Swin's output norms of the unused out_indices); every trainable
+# parameter gets a gradient in one step (tests/test_models/test_cq_dino_ddp_params.py)

@@ -1,6 +1,11 @@
 # Swin-L (384, window 12) for CQ-DINO: 5 feature levels, activation checkpointing in the backbone, raw C5 = 1536
 # channels for the selector. Used by cq_dino/v3det_swinl.py and cq_dino/coco_swinl.py via
-# ``model = _base_.cq_dino_swinl_model``.
+# ``model = _base_.cq_dino_swinl_model``; their stage-1 configs start the backbone from the official ImageNet-22k
+# 384 Swin-L release (``cq_dino_swinl_pretrained``), stage 2 takes it from the stage-1 checkpoint (load_from).
+cq_dino_swinl_pretrained = dict(
+    type='Pretrained',
+    checkpoint='https://github.com/SwinTransformer/storage/releases/download/v1.0.0/'
+    'swin_large_patch4_window12_384_22k.pth')
 cq_dino_swinl_model = dict(
     num_feature_levels=5,
     backbone=dict(

@@ -86,8 +86,11 @@ geometric = [
     [dict(type='Compose', transforms=[dict(type='ShearX', max_mag=30.0), dict(type='ShearY', max_mag=30.0)])],
 ]
 
+# QVLoadImageFromFile: an unreadable image is skipped with a warning naming it, and the run stops only when more
+# than max_skip_fraction of the loads were skipped (queryvision_mm/datasets/loading.py); in evaluation it is an error
+load_train_image = dict(type='QVLoadImageFromFile', backend_args=backend_args, max_skip_fraction=0.001)
 sup_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    load_train_image,
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='RandomChoiceResize', scales=scales, keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
@@ -113,7 +116,7 @@ strong_pipeline = [
     dict(type='PackDetInputs', meta_keys=meta_keys),
 ]
 unsup_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    load_train_image,
     dict(type='LoadEmptyAnnotations'),
     dict(type='MultiBranch', branch_field=branch_field, unsup_teacher=weak_pipeline, unsup_student=strong_pipeline),
 ]
@@ -144,6 +147,12 @@ train_dataloader = dict(
     dataset=dict(type='ConcatDataset', datasets=[labeled_dataset, unlabeled_dataset]))
 
 # ---------------------------------------------------------------- evaluation
+# mmdet's test pipeline with a loader that names an unreadable image (never a silently smaller test set)
+test_pipeline = _base_.test_pipeline
+assert test_pipeline[0]['type'] == 'LoadImageFromFile'
+test_pipeline[0] = dict(type='QVLoadImageFromFile', skip_unreadable=False, backend_args=backend_args)
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 # COCO AP (with AP_small/medium/large) plus the duplicate rate: same-class predictions with IoU > 0.7, both
 # scored >= 0.3, per image (checks the "fewer duplicates" claim of NMS-free training). Child configs change the
 # annotation file with ``coco_metric.ann_file = ...; val_evaluator = [coco_metric, dup_metric]``.

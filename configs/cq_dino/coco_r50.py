@@ -26,3 +26,6 @@ coco_metric = dict(_base_.coco_metric, ann_file=data_root + 'annotations/instanc
                    proposal_nums=[100, 300, 1000])
 val_evaluator = [coco_metric, _base_.recall_metric]
 test_evaluator = val_evaluator
+train_cfg = dict(val_begin=1)  # COCO: validation at the end of training (the V3Det base never validates)
+# backbone + selector from stage 1, as the official COCO recipe
+load_from = 'work_dirs/cq_dino_coco_stage1_r50/epoch_10.pth'  # last checkpoint of cq_dino/coco_stage1_r50.py

@@ -19,7 +19,8 @@ model = dict(
     backbone=dict(depth=18, frozen_stages=-1, norm_cfg=dict(type='BN', requires_grad=True), norm_eval=False,
                   init_cfg=None),
     neck=dict(in_channels=[128, 256, 512]),
-    encoder=dict(num_layers=2),
+    encoder=dict(num_layers=2, num_cp=0),  # no activation checkpointing at this size
+    use_autocast=False,  # fp32 on any device (the real configs' fp16 backbone autocast is CUDA-only)
     decoder=dict(num_layers=2),
     dn_cfg=dict(group_cfg=dict(dynamic=True, num_groups=None, num_dn_queries=20)),
     language_model=dict(
@@ -63,7 +64,7 @@ optim_wrapper = dict(paramwise_cfg=dict(custom_keys={
     'absolute_pos_embed': dict(decay_mult=0.),
     'backbone': dict(lr_mult=1.0, decay_mult=1.0),
     'language_model': dict(lr_mult=1.0, decay_mult=1.0)}))
-train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs, val_begin=1)  # validate at the end (base: never)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=50),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[5], gamma=0.1),

@@ -10,4 +10,6 @@ model = dict(
         convert_weights=True, init_cfg=None),
     neck=dict(in_channels=[256, 512, 1024]),
     language_model=dict(img_in_channels=1024))
-load_from = 'stage1/cqdino_swinb22k_v3det_stage1.pth'  # produced by cq_dino/v3det_stage1_swinb.py
+# backbone + selector from stage 1: the last checkpoint of cq_dino/v3det_stage1_swinb.py (its work_dir); with another
+# stage-1 work dir or file: --cfg-options load_from=PATH
+load_from = 'work_dirs/cq_dino_v3det_stage1_swinb/epoch_10.pth'

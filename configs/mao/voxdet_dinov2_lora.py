@@ -2,9 +2,10 @@
 # between the mean of a scene's object-crop embeddings and the query-object embedding, in-batch negatives; AdamW
 # 5e-5 decayed by 0.93 down to ~1e-6; batch 128 = 4 GPUs x 32; one epoch on the VoxDet (OWID) training scenes), then
 # the zero-shot pipeline (stage B on the adapted encoder). Paper (authors' README): VoxDet mAP 83.70.
-#   1. proposals for the training scenes (OWLv2 crops; any encoder, stage B off):
+#   1. proposals for the training scenes (OWLv2 boxes; stage B, SAM masks and the adapter, not trained yet, off):
 #      python tools/mao/extract.py configs/mao/voxdet_dinov2_lora.py --work-dir work_dirs/owid_proposals \
-#          --cfg-options dataset.sets="['OWID']" describer.refine=None
+#          --cfg-options dataset.sets="['OWID']" describer.refine=None describer.masks=None \
+#          describer.encoder.lora_adapter=None
 #   2. stage A:  tools/dist_train.sh configs/mao/voxdet_dinov2_lora.py 4   (adapter: WORK_DIR/lora_adapter)
 #   3. index + evaluate with the adapter merged:  python tools/mao/extract.py configs/mao/voxdet_dinov2_lora.py
 _base_ = './voxdet_dinov2_zeroshot.py'

@@ -34,7 +34,7 @@ model = dict(
 
 # official: Resize(224, bicubic) -> CenterCrop(224) -> CutoutPIL(0.5) -> flip -> RandAugment; test: CLIP transform
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='QVLoadImageFromFile'),  # skips (and names) a rare unreadable image; stops above 0.1 % of the loads
     dict(type='ResizeEdge', scale=224, edge='short', backend='pillow', interpolation='bicubic'),
     dict(type='CenterCrop', crop_size=224),
     dict(type='Cutout', shape=112, pad_val=128, prob=0.5),  # official: half-size square, random fill colour
@@ -44,7 +44,7 @@ train_pipeline = [
     dict(type='PackInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='QVLoadImageFromFile', skip_unreadable=False),  # an unreadable test image is an error naming it
     dict(type='ResizeEdge', scale=224, edge='short', backend='pillow', interpolation='bicubic'),
     dict(type='CenterCrop', crop_size=224),
     dict(type='PackInputs'),

@@ -16,7 +16,7 @@ model = dict(
               loss=dict(_delete_=True, type='mmpretrain.CrossEntropyLoss', use_sigmoid=True, reduction='mean',
                         loss_weight=1.0)))
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='QVLoadImageFromFile', skip_unreadable=False),
     dict(type='ResizeEdge', scale=224, edge='short', backend='pillow', interpolation='bicubic'),
     dict(type='CenterCrop', crop_size=224),
     dict(type='PackInputs', algorithm_keys=['gt_negative']),

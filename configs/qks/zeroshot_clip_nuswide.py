@@ -17,3 +17,8 @@ val_cfg = None
 val_evaluator = None
 optim_wrapper = None
 param_scheduler = None
+# every parameter is frozen, and PyTorch's DDP refuses such a model ("DistributedDataParallel is not needed when a
+# module doesn't have any parameter that requires a gradient"), so `tools/dist_test.sh ... none N` failed for N >= 2;
+# mmengine's separate wrapper leaves modules without trainable parameters unwrapped on the device
+model_wrapper_cfg = dict(type='MMSeparateDistributedDataParallel', broadcast_buffers=False,
+                         find_unused_parameters=False)

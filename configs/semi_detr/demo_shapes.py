@@ -36,15 +36,14 @@ for _pipe, _idx in ((sup_pipeline, 2), (weak_pipeline, 0), (strong_pipeline, 0))
     assert _pipe[_idx]['type'] == 'RandomChoiceResize'
     _pipe[_idx]['scales'] = scales
 del _pipe, _idx
-sup_pipeline[0] = dict(type='LoadImageFromFile')
 unsup_pipeline = [
-    dict(type='LoadImageFromFile'),
+    _base_.load_train_image,
     dict(type='LoadEmptyAnnotations'),
     dict(type='MultiBranch', branch_field=_base_.branch_field, unsup_teacher=weak_pipeline,
          unsup_student=strong_pipeline),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='QVLoadImageFromFile', skip_unreadable=False),
     dict(type='Resize', scale=test_scale, keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
@@ -87,4 +86,3 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1),
     logger=dict(type='LoggerHook', interval=10))
 randomness = dict(seed=0)
-work_dir = './work_dirs/semi_detr_demo_shapes'  # as tools/run_demo.sh

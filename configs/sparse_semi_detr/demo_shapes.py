@@ -4,4 +4,3 @@
 _base_ = ['../semi_detr/demo_shapes.py', '../_base_/sparse_semi_detr_modules.py']
 
 model = _base_.sparse_semi_detr
-work_dir = './work_dirs/sparse_semi_detr_demo_shapes'

@@ -30,7 +30,7 @@ def shrunk(name, paths, tmp_path):
     cfg.model.language_model.relation.tree_file = tree
     cfg.model.hierarchy.tree_file = tree
     for m in cfg.val_evaluator:
-        if m.type == 'CocoMetric':
+        if m.type in ('CocoMetric', 'QVCocoMetric'):
             m.ann_file = paths['val']
     cfg.test_evaluator = cfg.val_evaluator
     cfg.train_cfg.max_epochs = 1

@@ -35,7 +35,7 @@ def test_config_values(name):
     assert cfg.optim_wrapper.paramwise_cfg.custom_keys['language_model'].lr_mult == 0.01
     assert cfg.train_cfg.max_epochs == 24
     coco, recall = cfg.val_evaluator
-    assert coco.type == 'CocoMetric' and recall.type == 'QVCategoryRecallMetric'
+    assert coco.type == 'QVCocoMetric' and recall.type == 'QVCategoryRecallMetric'  # CocoMetric + mp_eval_procs
     if name.startswith('v3det'):
         assert coco.use_mp_eval and coco.proposal_nums == [300]
         assert cfg.model.selector_loss.gamma_neg == 7.0 and cfg.model.selector_loss.clip == 0.05
@@ -59,7 +59,9 @@ def test_r50_models_build_offline(name):
     assert len(model.encoder.text_layers) == 0
 
 
-@pytest.mark.parametrize('name,stage2', [('v3det_stage1_swinb', 'v3det_swinb'), ('v3det_stage1_r50', 'v3det_r50')])
+@pytest.mark.parametrize('name,stage2', [('v3det_stage1_swinb', 'v3det_swinb'), ('v3det_stage1_r50', 'v3det_r50'),
+                                          ('v3det_stage1_swinl', 'v3det_swinl'), ('coco_stage1_r50', 'coco_r50'),
+                                          ('coco_stage1_swinl', 'coco_swinl')])
 def test_stage1_configs(name, stage2):
     cfg, full = load(name), load(stage2)
     assert cfg.model.selector_only is True

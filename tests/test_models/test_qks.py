@@ -71,6 +71,16 @@ def test_projection_starts_from_clip_and_backbone_stays_frozen(assets):
     assert any(k.startswith('neck.bert.encoder.layer.1.crossattention') for k in changed), 'cross-attn every layer'
 
 
+def test_every_trainable_parameter_gets_a_gradient(assets):
+    """DDP (find_unused_parameters off, the configs' setting) stops at the second iteration when a trainable parameter
+    gets no gradient: the Q-Former's text-token FFNs (``intermediate`` / ``output``) never see a token."""
+    model = build(assets)
+    model.train()
+    model.loss(torch.randn(2, 3, 32, 32), samples([[0, 2], [1]]))['loss'].backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, f'trainable parameters without a gradient: {unused}'
+
+
 def test_tokens_are_clip_ln_post_tokens(assets):
     ref = assets[0]
     model = build(assets)

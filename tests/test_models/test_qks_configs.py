@@ -114,3 +114,37 @@ def test_zero_shot_config_tests_without_checkpoint(tiny_setup):
     cfg = shrink(load('zeroshot_clip_nuswide'), root, name, 'scene.safetensors')
     metrics = Runner.from_cfg(cfg).test()
     assert 'zsl/mAP' in metrics and 'gzsl/F1@2' in metrics
+
+
+def test_tools_auto_scale_lr_and_show_dir(tiny_setup, tmp_path):
+    """tools/train.py --auto-scale-lr on a QKS (mmpretrain) config scales the learning rate as mmengine does
+    (x world_size * batch_size / base_batch_size) instead of raising, and tools/test.py --show-dir enables
+    mmpretrain's VisualizationHook, which writes one picture per test image under WORK_DIR/<timestamp>/SHOW_DIR."""
+    import glob
+    import os
+    import subprocess
+    import sys
+    root, name = tiny_setup
+    cfg = shrink(load('nuswide_vitb16'), root, name, 'pool.safetensors')
+    cfg.train_cfg.max_epochs = 1
+    cfg_path = str(tmp_path / 'qks_tiny.py')
+    cfg.dump(cfg_path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')]))
+    work = str(tmp_path / 'work')
+    proc = subprocess.run([sys.executable, 'tools/train.py', cfg_path, '--work-dir', work, '--auto-scale-lr'],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert 'LR is set based on batch size of 64 and the current batch size is 2' in out
+    ckpt = torch.load(osp.join(work, 'epoch_1.pth'), map_location='cpu', weights_only=True)
+    assert ckpt['optimizer']['param_groups'][0]['lr'] == pytest.approx(1e-5 * 2 / 64)
+
+    test_work = str(tmp_path / 'test')
+    proc = subprocess.run([sys.executable, 'tools/test.py', cfg_path, osp.join(work, 'epoch_1.pth'), '--work-dir',
+                           test_work, '--show-dir', 'vis'], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    pictures = sorted(glob.glob(osp.join(test_work, '*', 'vis', '*.png')))
+    assert [osp.basename(p).split('.')[0] for p in pictures] == ['6', '7'], out[-2000:]
+    assert 'zsl/mAP' in out

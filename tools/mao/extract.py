@@ -29,10 +29,11 @@ def main(argv=None):
     from mmengine.registry import DefaultScope
 
     from queryvision_mm.apis.mao import run_extract
+    from queryvision_mm.utils.cli import default_work_dir
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    work_dir = args.work_dir or cfg.get('work_dir') or osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0])
+    work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
     DefaultScope.get_instance('qv_mao_extract', scope_name=cfg.get('default_scope', 'mmpretrain'))
     res = run_extract(cfg, work_dir, on_error=args.on_error)
     summary = {k: v for k, v in res.items() if k not in ('rankings', )}

@@ -30,8 +30,9 @@ def main(argv=None):
     from mmengine.registry import DefaultScope
 
     from queryvision_mm.apis.mao import draw_search_grid, read_rgb, search
+    from queryvision_mm.utils.cli import default_work_dir
     cfg = Config.fromfile(args.config)
-    work_dir = cfg.get('work_dir') or osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0])
+    work_dir = cfg.get('work_dir') or default_work_dir(args.config)
     DefaultScope.get_instance('qv_mao_search', scope_name=cfg.get('default_scope', 'mmpretrain'))
     describer, q, results = search(cfg, args.index or osp.join(work_dir, 'index'), args.query, args.box, args.topk)
     for rank, (path, score) in enumerate(results, 1):

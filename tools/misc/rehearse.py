@@ -8,7 +8,7 @@
 For one config it (1) writes a tiny dataset in the config's own format at the paths the config expects, inside a
 sandbox that becomes the tools' working directory; (2) puts random checkpoints of the same architecture and key
 layout where the config's pretrained files are looked up (URLs: ``$TORCH_HOME/hub/checkpoints``), and runs the
-config's stage-1 rehearsal first when its ``load_from`` is a stage-1 output (``stage1_config`` in the config);
+config's stage-1 rehearsal first when its ``load_from`` lies in another shipped config's ``work_dir``;
 (3) shrinks only image scale, data size, iteration counts and schedule points (``queryvision_mm.testing.rehearsal.
 plan``); (4) runs the real tools with N processes (gloo on CPU, NCCL on GPU): training across the stage switch with
 validation by the config's evaluators and checkpoints, ``--resume`` from the middle checkpoint, ``tools/test.py`` on
@@ -83,7 +83,7 @@ def rehearse(config: str, args) -> dict:
     from queryvision_mm.testing.rehearsal import (DATA_WRITERS, STEP_PLANS, WEIGHT_PROVIDERS, RehearsalContext,
                                                   WeightRecord)
     from queryvision_mm.testing.rehearsal import data_det, weights_det  # noqa: F401  (register writers)
-    from queryvision_mm.testing.rehearsal.plan import iter_datasets, loaders, rehearsal_config
+    from queryvision_mm.testing.rehearsal.plan import iter_datasets, loaders, producer_of, rehearsal_config
     from queryvision_mm.testing.rehearsal.runner import (iteration_times, logged, median_or_none, run_step, tail,
                                                           tool_command)
     from queryvision_mm.testing.rehearsal import data_cls, weights_cls  # noqa: F401  (QKS, MaO)
@@ -127,8 +127,8 @@ def rehearse(config: str, args) -> dict:
             dst = ctx.path(rcfg.load_from) if not osp.isabs(rcfg.load_from) else rcfg.load_from
             if args.stage1_checkpoint:
                 src, how = args.stage1_checkpoint, 'given stage-1 checkpoint'
-            elif cfg.get('stage1_config'):
-                s1 = osp.normpath(osp.join(osp.dirname(config), cfg.stage1_config))
+            elif producer_of(rcfg.load_from, config):
+                s1 = producer_of(rcfg.load_from, config)
                 s1_args = argparse.Namespace(**vars(args))
                 s1_args.work_dir, s1_args.json, s1_args.stage1_checkpoint = osp.join(wd, 'stage1'), None, None
                 os.chdir(cwd)
@@ -139,8 +139,8 @@ def rehearse(config: str, args) -> dict:
                     raise RuntimeError(f'rehearsal: stage 1 ({s1_result["config"]}) failed')
                 src, how = s1_result['final_checkpoint'], f'stage-1 rehearsal of {s1_result["config"]}'
             else:
-                raise FileNotFoundError(f'rehearsal: load_from={rcfg.load_from!r} is not produced by any rehearsal '
-                                        f'step; give --stage1-checkpoint or set stage1_config in the config')
+                raise FileNotFoundError(f'rehearsal: load_from={rcfg.load_from!r} is not produced by any shipped '
+                                        f'config (none has a work_dir containing it); give --stage1-checkpoint')
             os.makedirs(osp.dirname(dst) or '.', exist_ok=True)
             shutil.copyfile(src, dst)
             ctx.weights.append(WeightRecord('model', 'load_from', rcfg.load_from, dst, how))
@@ -204,6 +204,10 @@ def rehearse(config: str, args) -> dict:
                         resumed = 'resumed epoch' in f.read()
                     result['steps']['resume']['resumed_from_middle'] = resumed
                     result['steps']['resume']['ok'] = resumed
+                    probe = osp.join(wd, 'resume', 'unused_params.json')
+                    if osp.isfile(probe):  # first iteration after the resume point (after the stage switch)
+                        with open(probe) as f:
+                            result['unused_params_resumed'] = json.load(f)
             if 'test' not in args.skip:
                 if rcfg.get('test_dataloader'):
                     step('test', 'test', [rcfg_path, result['final_checkpoint'], '--work-dir', osp.join(wd, 'test')])

@@ -101,7 +101,8 @@ class QVSemiDETRHead(DINOHead):
     def _o2m_targets_single(self, cls_score: Tensor, bbox_pred: Tensor, gt_instances: InstanceData,
                             img_meta: dict) -> Tuple[Tensor]:
         img_h, img_w = img_meta['img_shape']
-        factor = bbox_pred.new_tensor([img_w, img_h, img_w, img_h]).unsqueeze(0)
+        # fp32 whatever the autocast dtype of the predictions (as mmdet's DETRHead targets: dtype of the GT boxes)
+        factor = bbox_pred.new_tensor([img_w, img_h, img_w, img_h], dtype=torch.float32).unsqueeze(0)
         pred_instances = InstanceData(
             scores=cls_score.detach().sigmoid(), bboxes=bbox_cxcywh_to_xyxy(bbox_pred.detach()) * factor)
         result = self.o2m_assigner.assign(pred_instances, gt_instances, img_meta=img_meta)
@@ -110,7 +111,7 @@ class QVSemiDETRHead(DINOHead):
         labels = cls_score.new_full((num_q, ), self.num_classes, dtype=torch.long)
         labels[pos] = result.labels[pos]
         quality = result.get_extra_property('assign_metrics')
-        bbox_targets = bbox_pred.new_zeros((num_q, 4))
+        bbox_targets = bbox_pred.new_zeros((num_q, 4), dtype=gt_instances.bboxes.dtype)
         if pos.any():
             gt_xyxy = gt_instances.bboxes[result.gt_inds[pos] - 1] / factor
             bbox_targets[pos] = bbox_xyxy_to_cxcywh(gt_xyxy)
@@ -164,8 +165,9 @@ class QVSemiDETRHead(DINOHead):
     def nms_predict_single(self, cls_score: Tensor, bbox_pred: Tensor, img_meta: dict, score_thr: float = 0.01,
                            iou_threshold: float = 0.6, max_per_img: int = 300) -> InstanceData:
         """Class-wise NMS over all (query, class) pairs (mmdet's ``multiclass_nms``), boxes in the network input
-        frame (no rescale)."""
+        frame (no rescale). In fp32 also under autocast (mmcv's CPU NMS takes no bf16; thresholds on fp32 scores)."""
         img_h, img_w = img_meta['img_shape']
+        cls_score, bbox_pred = cls_score.float(), bbox_pred.float()
         scores = cls_score.sigmoid()
         boxes = bbox_cxcywh_to_xyxy(bbox_pred) * bbox_pred.new_tensor([img_w, img_h, img_w, img_h])
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, img_w)

@@ -1,7 +1,7 @@
 """CQ-DINO (vast-vocabulary detection): mmdet's Grounding DINO with learnable, image-selected category queries in
 place of the BERT text branch."""
-import copy
-from typing import Dict, List, Optional, Tuple, Union
+from contextlib import nullcontext
+from typing import Dict, List, Optional, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +14,7 @@ from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, OptConfigType
 
 from ...datasets.category_hierarchy import CategoryHierarchy
+from ..layers.activation_checkpoint import checkpoint_module
 
 
 @MODELS.register_module()
@@ -38,10 +39,20 @@ class QVCQDINO(GroundingDINO):
         text_self_attention (bool): Keep Grounding DINO's text self-attention layers in the encoder. CQ-DINO has
             none (the K category tokens do not attend to each other there). Defaults to False.
         selector_only (bool): Stage-1 pre-training "to establish category recall": only the backbone and the
-            selector are trained (every other parameter gets ``requires_grad=False``), ``loss`` returns the selector
-            loss and recall, and ``predict`` returns the selected categories (``selected_categories``,
-            ``selector_scores``) with empty ``pred_instances`` (evaluate with :class:`QVCategoryRecallMetric`).
-            The stage-2 config loads this checkpoint with ``load_from``. Defaults to False.
+            selector are trained (every other parameter gets ``requires_grad=False``, and so does every backbone
+            parameter that cannot reach the backbone's last output, e.g. Swin's output norms of the other
+            ``out_indices``, found by one probe backward at construction: DDP then needs no
+            ``find_unused_parameters``), ``loss`` returns the selector loss and recall, and ``predict`` returns the
+            selected categories (``selected_categories``, ``selector_scores``) with empty ``pred_instances``
+            (evaluate with :class:`QVCategoryRecallMetric`). The stage-2 config loads this checkpoint with
+            ``load_from``. Defaults to False.
+        use_autocast (bool): Run backbone + neck under CUDA autocast (``autocast_dtype``) and the rest in fp32, as
+            the official model does with a plain optimizer wrapper. Without effect on CPU and inside an outer
+            autocast (``--amp``: :class:`QVAmpOptimWrapper` / ``AmpOptimWrapper`` autocast the whole forward,
+            feature path included). Defaults to False.
+        autocast_dtype (str): ``'float16'`` (official) or ``'bfloat16'``.
+        encoder.num_cp (int): Activation checkpointing of the first ``num_cp`` encoder layers (fusion and
+            deformable layer) with ``torch.utils.checkpoint`` (fairscale not needed; official: 6).
         Others: see :class:`mmdet.models.GroundingDINO`.
     """
 
@@ -54,14 +65,22 @@ class QVCQDINO(GroundingDINO):
                  hierarchy: OptConfigType = None,
                  text_self_attention: bool = False,
                  selector_only: bool = False,
+                 use_autocast: bool = False,
+                 autocast_dtype: str = 'float16',
                  **kwargs) -> None:
         self._text_self_attention = text_self_attention
         super().__init__(language_model, *args, **kwargs)
+        self.use_autocast = use_autocast
+        if autocast_dtype not in ('float16', 'bfloat16'):
+            raise ValueError(f"QVCQDINO: autocast_dtype must be 'float16' or 'bfloat16', got {autocast_dtype!r}")
+        self.autocast_dtype = getattr(torch, autocast_dtype)
         self.selector_only = selector_only
         if selector_only:
             for name, param in self.named_parameters():
                 if not name.startswith(('backbone.', 'language_model.')):
                     param.requires_grad_(False)
+            for name in self.unreachable_backbone_params():
+                self.backbone.get_parameter(name).requires_grad_(False)
         k = self.language_model.topk
         if self.bbox_head.max_text_len != k:
             raise ValueError(f'QVCQDINO: the selector keeps topk={k} categories but the head expects '
@@ -73,14 +92,60 @@ class QVCQDINO(GroundingDINO):
             self.hierarchy = CategoryHierarchy.from_v3det_tree(hierarchy['tree_file'], ids)
 
     def _init_layers(self) -> None:
+        # mmdet's encoder would wrap its first num_cp layers with fairscale; we checkpoint them with torch instead
+        num_cp = max(int(self.encoder.get('num_cp', -1)), 0)
+        self.encoder = dict(self.encoder, num_cp=-1)
         super()._init_layers()
         if not self._text_self_attention:
             self.encoder.text_layers = nn.ModuleList()  # GroundingDINO's encoder skips them when empty
+        if num_cp > self.encoder.num_layers:
+            raise ValueError(f'QVCQDINO: encoder.num_cp={num_cp} > encoder.num_layers={self.encoder.num_layers}')
+        for i in range(num_cp):
+            checkpoint_module(self.encoder.layers[i])
+            checkpoint_module(self.encoder.fusion_layers[i])
+            if self.encoder.text_layers:
+                checkpoint_module(self.encoder.text_layers[i])
+        self.encoder.num_cp = num_cp
+
+    def unreachable_backbone_params(self) -> Set[str]:
+        """Names of trainable backbone parameters that get no gradient from the backbone's last output (the only
+        output the selector reads), found by one backward of a 64 x 64 probe (backbone in eval mode, state and
+        buffers and the global random state untouched; reached parameters' gradients are dropped as they arrive).
+        E.g. Swin's ``norm{i}`` of every ``out_indices`` entry but the last; none for ResNet."""
+        params = {n: p for n, p in self.backbone.named_parameters() if p.requires_grad}
+        reached = set()
+
+        def seen(param: Tensor) -> None:
+            reached.add(id(param))
+            param.grad = None
+
+        hooks = [p.register_post_accumulate_grad_hook(seen) for p in params.values()]
+        was_training = self.backbone.training
+        try:
+            self.backbone.eval()
+            with torch.enable_grad():
+                probe = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+                self.backbone(probe)[-1].float().sum().backward()
+        finally:
+            for h in hooks:
+                h.remove()
+            self.backbone.train(was_training)
+        return {n for n, p in params.items() if id(p) not in reached}
 
     # ------------------------------------------------------------------ shared pieces
-    def _features(self, batch_inputs: Tensor) -> Tuple[Tensor, Tuple[Tensor]]:
-        outs = self.backbone(batch_inputs)
-        return outs[-1], (self.neck(outs) if self.with_neck else outs)
+    def _features(self, batch_inputs: Tensor, use_neck: bool = True) -> Tuple[Tensor, Optional[Tuple[Tensor]]]:
+        """Backbone (+ neck): raw C5 for the selector and the neck's levels for the transformer. Under ``--amp``
+        both run in the wrapper's autocast; with ``use_autocast`` on CUDA in their own (then cast back to fp32)."""
+        dev = batch_inputs.device.type
+        own = self.use_autocast and dev == 'cuda' and not torch.is_autocast_enabled(dev)
+        with torch.autocast(dev, dtype=self.autocast_dtype) if own else nullcontext():
+            outs = self.backbone(batch_inputs)
+            feats = (self.neck(outs) if self.with_neck else outs) if use_neck else None
+        c5 = outs[-1]
+        if own:
+            c5 = c5.float()
+            feats = None if feats is None else tuple(f.float() for f in feats)
+        return c5, feats
 
     def _text_dict(self, tokens: Tensor) -> Dict[str, Tensor]:
         b, k, _ = tokens.shape
@@ -94,13 +159,14 @@ class QVCQDINO(GroundingDINO):
     # ------------------------------------------------------------------ training
     def _selector_losses(self, logits: Tensor, indices: Tensor, gt_labels: List[Tensor]) -> dict:
         targets, weights = self.language_model.image_targets(gt_labels, self.hierarchy)
-        return dict(loss_selector=self.selector_loss(logits, targets, weight=weights),
+        # fp32 even under autocast: a sum over B x C (13,204) terms
+        return dict(loss_selector=self.selector_loss(logits.float(), targets, weight=weights),
                     selector_recall=self.language_model.recall_at_k(indices, gt_labels).detach())
 
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Union[dict, list]:
         gt_labels = [s.gt_instances.labels for s in batch_data_samples]
         if self.selector_only:
-            logits = self.language_model(self.backbone(batch_inputs)[-1])['logits']
+            logits = self.language_model(self._features(batch_inputs, use_neck=False)[0])['logits']
             return self._selector_losses(logits, logits.detach().topk(self.language_model.topk, 1).indices, gt_labels)
         c5, feats = self._features(batch_inputs)
         sel = self.language_model(c5)
@@ -127,7 +193,7 @@ class QVCQDINO(GroundingDINO):
     # ------------------------------------------------------------------ inference
     def predict(self, batch_inputs: Tensor, batch_data_samples: SampleList, rescale: bool = True) -> SampleList:
         if self.selector_only:
-            logits = self.language_model(self.backbone(batch_inputs)[-1])['logits']
+            logits = self.language_model(self._features(batch_inputs, use_neck=False)[0])['logits']
             scores, indices = logits.sigmoid().topk(self.language_model.topk, dim=1)
             for sample, idx, sc in zip(batch_data_samples, indices, scores):
                 sample.pred_instances = InstanceData(

@@ -43,6 +43,12 @@ DEFAULT_SEMI_TRAIN_CFG = dict(
 )
 
 
+def _fp32(like: Optional[Tensor]):
+    """Autocast off on ``like``'s device: pseudo-box geometry (homography projection) stays fp32 under ``--amp``,
+    where the matmul would otherwise run in fp16 / bf16 (pixel-size errors at 1333 px)."""
+    return torch.autocast(like.device.type if like is not None else 'cpu', enabled=False)
+
+
 @MODELS.register_module()
 class QVSemiDETR(SemiBaseDetector):
     """Semi-DETR: DINO student/teacher with stage-wise hybrid matching, cross-view consistency
@@ -198,14 +204,20 @@ class QVSemiDETR(SemiBaseDetector):
         weak_boxes = []
         for sample, res in zip(batch_data_samples, results):
             weak_boxes.append(res.bboxes.clone())
-            res.bboxes = bbox_project(res.bboxes,
-                                      torch.from_numpy(sample.homography_matrix).inverse().to(res.bboxes),
-                                      sample.ori_shape)
+            with _fp32(res.bboxes):
+                res.bboxes = bbox_project(res.bboxes,
+                                          torch.from_numpy(sample.homography_matrix).inverse().to(res.bboxes),
+                                          sample.ori_shape)
             sample.gt_instances = res
         batch_info = dict(
             feats=feats, encoder_outputs=encoder_outputs, weak_boxes=weak_boxes,
             weak_metas=[s.metainfo for s in batch_data_samples], weak_samples=batch_data_samples)
         return batch_data_samples, batch_info
+
+    def project_pseudo_instances(self, batch_pseudo_instances: SampleList,
+                                 batch_data_samples: SampleList) -> SampleList:
+        with _fp32(batch_pseudo_instances[0].gt_instances.bboxes if batch_pseudo_instances else None):
+            return super().project_pseudo_instances(batch_pseudo_instances, batch_data_samples)
 
     def loss_by_pseudo_instances(self,
                                  batch_inputs: Tensor,
@@ -348,7 +360,9 @@ class QVSemiDETR(SemiBaseDetector):
         boxes = self._consistency_boxes(set_b, student_samples, batch_info)
         rois = bbox2roi([b['teacher'] for b in boxes])
         num_levels = self.roi_extractor.num_inputs
-        projected = self.projector(self.roi_extractor(tuple(batch_info['feats'][:num_levels]), rois))
+        # mmcv's RoIAlign takes fp32 (also under --amp; its CPU kernel has no bf16)
+        feats = tuple(f.float() for f in batch_info['feats'][:num_levels])
+        projected = self.projector(self.roi_extractor(feats, rois.float()))
         contents = list(projected.split([b['teacher'].size(0) for b in boxes]))
         return self._pack_extra_queries(boxes, contents, self.consistency_groups)
 

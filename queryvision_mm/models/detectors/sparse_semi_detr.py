@@ -150,7 +150,8 @@ class QVSparseSemiDETR(QVSemiDETR):
             feats, key = batch_info['feats'], 'teacher'
         else:  # student features of the strong view, without gradient into the student through this path
             feats, key = [f.detach() for f in batch_info['student_feats']], 'student'
-        content, scores = self.qrm(feats, bbox2roi([b[key] for b in boxes]))
+        # fp32 into mmcv's RoIAlign also under --amp (its CPU kernel has no bf16)
+        content, scores = self.qrm([f.float() for f in feats], bbox2roi([b[key] for b in boxes]).float())
         rows = [b[key].size(0) for b in boxes]
         kept_boxes, kept_contents = [], []
         for b, c, s in zip(boxes, content.split(rows), scores.split(rows)):

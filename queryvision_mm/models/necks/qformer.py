@@ -17,7 +17,10 @@ class QVQFormerNeck(BaseModule):
 
     QKS: 7 layers / 12 queries (NUS-WIDE), 8 / 22 (Open Images); hidden 768, 12 heads, FFN 3072, dropout 0.1.
     The BERT word/position tables of the text path are not used (queries only); they are shrunk to one row and
-    frozen so that they neither cost memory nor trip DDP's unused-parameter check.
+    frozen so that they neither cost memory nor trip DDP's unused-parameter check. Likewise every layer's text-token
+    FFN (``intermediate`` / ``output``; the queries go through ``intermediate_query`` / ``output_query``) is frozen:
+    trainable but never used, it stopped DDP training at its second iteration ("Expected to have finished reduction
+    in the prior iteration"). Its keys stay in the state dict (checkpoints keep loading).
     """
 
     def __init__(self, num_layers: int = 7, num_queries: int = 12, encoder_width: int = 768, hidden_size: int = 768,
@@ -38,6 +41,9 @@ class QVQFormerNeck(BaseModule):
         self.bert = BertModel(cfg, add_pooling_layer=False)
         self.bert.embeddings.word_embeddings.requires_grad_(False)
         self.bert.embeddings.position_embeddings.requires_grad_(False)
+        for layer in self.bert.encoder.layer:  # the text-token FFN: queries use intermediate_query / output_query
+            layer.intermediate.requires_grad_(False)
+            layer.output.requires_grad_(False)
         self.query_tokens = nn.Parameter(torch.randn(1, num_queries, hidden_size) * init_std)
         self.num_queries = num_queries
 

@@ -130,8 +130,11 @@ def shrink_schedule(cfg, iters: int) -> dict:
     if by_epoch:
         old = tc['max_epochs']
         epochs = 2
-        no_val = tc.get('val_interval', 1) > old  # the config does not validate during training: keep it so
-        tc.update(max_epochs=epochs, val_interval=epochs + 1 if no_val else epochs)
+        # the config does not validate during training (V3Det: val_begin=10**9): keep it so
+        no_val = tc.get('val_interval', 1) > old or tc.get('val_begin', 1) > old
+        tc.update(max_epochs=epochs)
+        if not no_val:
+            tc.update(val_interval=epochs, val_begin=1)
         f = epochs / old
         facts.update(epochs=epochs, iters_per_epoch=half, resume_from='epoch_1.pth', validates_in_training=not no_val)
     else:
@@ -172,6 +175,22 @@ def shrink_loaders(cfg, workers: int = 1) -> None:
         loader['num_workers'] = min(loader.get('num_workers', 0), workers)
         if loader['num_workers'] == 0:
             loader['persistent_workers'] = False
+
+
+def producer_of(load_from: str, config: str):
+    """The shipped config (same folder) whose ``work_dir`` holds ``load_from`` (a stage-1 config for its stage 2),
+    or None."""
+    import glob
+    import os.path as osp
+    if not load_from or osp.isabs(load_from):
+        return None
+    for other in sorted(glob.glob(osp.join(osp.dirname(osp.abspath(config)), '*.py'))):
+        if osp.samefile(other, config):
+            continue
+        work_dir = Config.fromfile(other).get('work_dir')
+        if work_dir and osp.normpath(load_from).startswith(osp.normpath(work_dir) + osp.sep):
+            return other
+    return None
 
 
 def rehearsal_config(cfg: Config, iters: int, short_side: int) -> (Config, dict):

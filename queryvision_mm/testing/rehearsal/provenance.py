@@ -104,9 +104,15 @@ def weight_sources(cfg, load_from_state: Optional[Dict[str, torch.Tensor]] = Non
 
 def _compare(model_cfg, prefix: str, load_from_state, weight_files, out: Dict[str, Dict]) -> None:
     m1 = _build(model_cfg, 1)
+    params = dict(m1.named_parameters())
+    # one other build alive at a time (MaO: SAM ViT-H is 2.5 GB a copy)
     with perturbed(weight_files):
-        p2 = dict(_build(model_cfg, 2).named_parameters())
-    p3 = dict(_build(model_cfg, 3).named_parameters())
+        other = dict(_build(model_cfg, 2).named_parameters())
+    eq2 = {k: torch.equal(p, other[k]) for k, p in params.items()}
+    del other
+    other = dict(_build(model_cfg, 3).named_parameters())
+    eq3 = {k: torch.equal(p, other[k]) for k, p in params.items()}
+    del other
     for name, p in m1.named_parameters():
         own = name
         name = prefix + name
@@ -117,19 +123,34 @@ def _compare(model_cfg, prefix: str, load_from_state, weight_files, out: Dict[st
         row['trainable'] += n if p.requires_grad else 0
         if load_from_state is not None and name in load_from_state and load_from_state[name].shape == p.shape:
             row['load_from'] += n
-        elif torch.equal(p, p2[own]) and torch.equal(p, p3[own]):
+        elif eq2[own] and eq3[own]:
             row['fixed'] += n
-        elif torch.equal(p, p3[own]):
+        elif eq3[own]:
             row['pretrained'] += n
         else:
             row['random'] += n
 
 
 def summarise(sources: Dict[str, Dict]) -> str:
-    """One line per component: the dominant source and the random share (what the report shows)."""
-    parts = []
+    """Components grouped by where most of their weights come from (minor shares in brackets); a teacher whose
+    sources equal its student's is folded into one note."""
+    keys = ('load_from', 'pretrained', 'random')
+    groups: Dict[str, List[str]] = {k: [] for k in keys}
+    folded = False
     for comp, r in sources.items():
-        srcs = [k for k in ('load_from', 'pretrained', 'random') if r[k]]
-        share = ', '.join(f'{k} {100 * r[k] / r["total"]:.0f}%' for k in srcs)
-        parts.append(f'{comp}: {share or "fixed init"}')
-    return '; '.join(parts)
+        if comp.startswith('teacher.'):
+            twin = sources.get('student.' + comp[len('teacher.'):])
+            if twin is not None and all(twin[k] == r[k] for k in keys):
+                folded = True
+                continue
+        counted = {k: r[k] for k in keys if r[k]}
+        if not counted:
+            continue
+        main = max(counted, key=counted.get)
+        name = comp[len('student.'):] if comp.startswith('student.') else comp
+        if len(counted) > 1:
+            total = sum(counted.values())
+            name += ' (' + ', '.join(f'{k} {100 * v / total:.0f}%' for k, v in counted.items() if k != main) + ')'
+        groups[main].append(name)
+    text = '; '.join(f'**{k}**: ' + ', '.join(v) for k, v in groups.items() if v)
+    return text + ('; teacher = student' if folded else '')

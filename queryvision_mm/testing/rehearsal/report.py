@@ -27,8 +27,9 @@ def shipped_configs(repo: str, include=None, exclude=()):
 
 
 def _stage1_of(repo: str, rel: str):
-    s1 = Config.fromfile(osp.join(repo, rel)).get('stage1_config')
-    return osp.relpath(osp.normpath(osp.join(repo, osp.dirname(rel), s1)), repo) if s1 else None
+    from .plan import producer_of
+    s1 = producer_of(Config.fromfile(osp.join(repo, rel)).get('load_from'), osp.join(repo, rel))
+    return osp.relpath(s1, repo) if s1 else None
 
 
 def _git_commit(repo: str) -> str:
@@ -60,6 +61,11 @@ def row(r: dict) -> str:
         why = (f'{n} trainable params without grad at iter 1 (e.g. `{unused["unused"][0]}`)' if n else
                'every trainable param gets a grad')
         ddp = f'find_unused {flag}: {why}'
+        later = r.get('unused_params_resumed')
+        if later is not None and later['unused'] != unused['unused']:
+            m = len(later['unused'])
+            ddp += (f'; after the resume point (iter {later["iteration"] + 1}): '
+                    + (f'{m} without grad (e.g. `{later["unused"][0]}`)' if m else 'all get a grad'))
     peak = max((s.get('peak_rss_mb', 0) for s in steps.values()), default=0)
     cells = [
         f'`{r["config"]}`', '✓' if 'sources' in r or 'train' in steps else '✗',

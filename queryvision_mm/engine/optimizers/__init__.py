@@ -1,0 +1,3 @@
+from .amp_optim_wrapper import QVAmpOptimWrapper
+
+__all__ = ['QVAmpOptimWrapper']
