@@ -26,7 +26,7 @@ configs/cq_dino/v3det_swinb.py configs/qks/nuswide_vitb16.py configs/mao/voxdet_
 for cfg in $CONFIGS; do
   name="$(basename "$(dirname "$cfg")")_$(basename "$cfg" .py)"
   # real image scale: --img-scale 0 keeps the config's own resizes
-  "$PY" tools/misc/rehearse.py "$cfg" --gpus "$NGPU" --iters "$ITERS" --img-scale 0 --skip resume test \
+  "$PY" tools/misc/rehearse.py "$cfg" --gpus "$NGPU" --iters "$ITERS" --img-scale 0 --workers 2 --skip resume test \
     --work-dir "$OUT/$name" --json "$OUT/$name.json" || echo "[gpu_check] $cfg FAILED" >&2
 done
 "$PY" -m queryvision_mm.testing.rehearsal.report --gpu-section "$OUT" "$ROOT/docs/rehearsal.md"

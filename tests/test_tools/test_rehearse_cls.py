@@ -54,7 +54,6 @@ def _build_dataset(ds, **override):
 @pytest.mark.parametrize('name,seen,unseen,negatives', [('nuswide_vitb16', 925, 81, 'complement'),
                                                         ('openimages_vitb16', 7186, 400, 'explicit')])
 def test_qks_data_has_the_real_label_counts(tmp_path, monkeypatch, name, seen, unseen, negatives):
-    from mmpretrain.registry import DATASETS  # noqa: F401
     cfg = _cfg(f'qks/{name}.py')
     ctx = _ctx(tmp_path)
     _write_all(cfg, ctx)

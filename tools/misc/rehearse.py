@@ -38,6 +38,9 @@ def parse_args(argv=None):
     p.add_argument('--iters', type=int, default=4, help='training iterations (epoch configs: 2 epochs of iters/2)')
     p.add_argument('--img-scale', type=int, default=128, help='short side of the largest resize of the config')
     p.add_argument('--work-dir', help='default: work_dirs/rehearsal/<config path>')
+    p.add_argument('--workers', type=int, default=0,
+                   help='data-loading workers per loader, at most the config\'s (0: in the main process, the least '
+                   'memory on a CPU machine)')
     p.add_argument('--stage1-checkpoint', help='use this file as the stage-1 output instead of rehearsing stage 1')
     p.add_argument('--skip', nargs='*', default=[], choices=['resume', 'test', 'amp', 'provenance'],
                    help='steps to leave out')
@@ -71,6 +74,16 @@ def _import_config_modules(cfg):
     init_default_scope(scope)
 
 
+def _release_memory() -> None:
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+
+
 def _load_state(path: str):
     import torch
     ckpt = torch.load(path, map_location='cpu', weights_only=True)
@@ -94,11 +107,12 @@ def rehearse(config: str, args) -> dict:
     shutil.rmtree(wd, ignore_errors=True)
     sandbox, torch_home = osp.join(wd, 'sandbox'), osp.join(wd, 'torch_home')
     os.makedirs(sandbox)
-    result = dict(config=rel, gpus=args.gpus, iters=args.iters, img_scale=args.img_scale, steps={}, ok=False,
+    from queryvision_mm.testing.rehearsal.report import _git_commit
+    result = dict(config=rel, commit=_git_commit(REPO), gpus=args.gpus, iters=args.iters, img_scale=args.img_scale, steps={}, ok=False,
                   started=time.strftime('%Y-%m-%d %H:%M:%S'))
     cfg = Config.fromfile(config)
     _import_config_modules(cfg)
-    rcfg, facts = rehearsal_config(cfg, args.iters, args.img_scale)
+    rcfg, facts = rehearsal_config(cfg, args.iters, args.img_scale, workers=args.workers)
     result['facts'] = facts
     result['img_scale'] = facts['img_scale']
 
@@ -157,6 +171,7 @@ def rehearse(config: str, args) -> dict:
                 sources = weight_sources(rcfg, load_state, files)
             finally:
                 os.environ.pop('TORCH_HOME') if old_home is None else os.environ.update(TORCH_HOME=old_home)
+                _release_memory()  # the three model copies, before the N training processes start
             result['sources'] = sources
             result['params'] = dict(total=sum(r['total'] for r in sources.values()),
                                     trainable=sum(r['trainable'] for r in sources.values()))

@@ -22,6 +22,8 @@ from mmengine.model import BaseModel
 from mmpretrain.registry import MODELS
 
 DEFAULT_TARGETS = dict(QVDINOv2CropEncoder=['query', 'key', 'value'], QVOpenCLIPCropEncoder=['attn'])
+# the transformer blocks of the encoders (Hugging Face DINOv2, open_clip ViT), checkpointed with grad_checkpointing
+CHECKPOINT_BLOCKS = ('Dinov2Layer', 'ResidualAttentionBlock')
 
 
 def multi_object_info_nce(crop_desc: torch.Tensor, query_desc: torch.Tensor, instances: Sequence[int],
@@ -42,10 +44,15 @@ class QVMaOContrastiveModel(BaseModel):
         encoder (dict): ``QVDINOv2CropEncoder`` or ``QVOpenCLIPCropEncoder``.
         lora (dict): ``peft.LoraConfig`` arguments; ``target_modules`` defaults per encoder (see module docstring).
         temperature (float): InfoNCE temperature (not given by the paper; 0.07 by default).
+        grad_checkpointing (bool): recompute every encoder block's activations in the backward pass instead of
+            keeping them (``torch.utils.checkpoint``; same loss and gradients). A step encodes every crop of every
+            scene of the batch with gradients: DINOv2-base keeps ~179 MiB per 224² crop in fp32, i.e. 32 scenes x
+            (k crops + 1 query) x 179 MiB per GPU (k = 16, the config's ``max_crops``: ~95 GiB); with
+            checkpointing, the block inputs (~10 MiB per crop) plus one block's activations.
     """
 
     def __init__(self, encoder: dict, lora: Optional[dict] = None, temperature: float = 0.07,
-                 data_preprocessor: Optional[dict] = None, init_cfg=None) -> None:
+                 grad_checkpointing: bool = False, data_preprocessor: Optional[dict] = None, init_cfg=None) -> None:
         super().__init__(data_preprocessor=data_preprocessor or dict(type='mmengine.BaseDataPreprocessor'),
                          init_cfg=init_cfg)
         from peft import LoraConfig, get_peft_model
@@ -59,6 +66,14 @@ class QVMaOContrastiveModel(BaseModel):
         self._attr = attr
         setattr(self.encoder, attr, get_peft_model(getattr(self.encoder, attr), self.lora_cfg))
         self.temperature = float(temperature)
+        if grad_checkpointing:
+            from ..layers.activation_checkpoint import checkpoint_module
+            blocks = [m for m in self.peft_module.modules() if type(m).__name__ in CHECKPOINT_BLOCKS]
+            if not blocks:
+                raise ValueError(f'QVMaOContrastiveModel: grad_checkpointing found no {CHECKPOINT_BLOCKS} block in '
+                                 f'{type(self.encoder).__name__}')
+            for block in blocks:
+                checkpoint_module(block)
 
     @property
     def peft_module(self):

@@ -110,8 +110,8 @@ def min_short_side(cfg, requested: int) -> int:
     ``num_queries`` encoder tokens to pick its queries from (``topk`` over tokens); ``requested`` otherwise."""
     det = _detector(cfg.get('model') or {})
     queries = det.get('num_queries')
-    if requested <= 0 or not queries or 'encoder' not in det:
-        return requested
+    if requested <= 0 or not queries or 'encoder' not in det or det.get('selector_only'):
+        return requested  # (CQ-DINO stage 1 never runs the transformer)
     side = requested
     while encoder_tokens(cfg, side) < queries:
         side += 16
@@ -170,7 +170,7 @@ def shrink_schedule(cfg, iters: int) -> dict:
     return facts
 
 
-def shrink_loaders(cfg, workers: int = 1) -> None:
+def shrink_loaders(cfg, workers: int = 0) -> None:
     for loader in loaders(cfg):
         loader['num_workers'] = min(loader.get('num_workers', 0), workers)
         if loader['num_workers'] == 0:
@@ -193,7 +193,7 @@ def producer_of(load_from: str, config: str):
     return None
 
 
-def rehearsal_config(cfg: Config, iters: int, short_side: int) -> (Config, dict):
+def rehearsal_config(cfg: Config, iters: int, short_side: int, workers: int = 0) -> (Config, dict):
     """The shrunk copy of ``cfg`` plus the probe hook that records trainable parameters without a gradient."""
     cfg = copy.deepcopy(cfg)
     needed = min_short_side(cfg, short_side)
@@ -204,7 +204,7 @@ def rehearsal_config(cfg: Config, iters: int, short_side: int) -> (Config, dict)
     facts['scale_factor'] = shrink_image_scale(cfg, needed)
     if cfg.get('train_cfg') and cfg.get('train_dataloader'):
         facts.update(shrink_schedule(cfg, iters))
-    shrink_loaders(cfg)
+    shrink_loaders(cfg, workers)
     imports = cfg.get('custom_imports') or dict(imports=[], allow_failed_imports=False)
     imports['imports'] = list(imports['imports']) + ['queryvision_mm.testing.rehearsal.hooks']
     cfg.custom_imports = imports

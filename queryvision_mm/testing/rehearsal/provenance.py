@@ -6,6 +6,7 @@ sampling-offset grid); equal in builds 1 and 3 but changed by the perturbation, 
 random. Parameters found in the ``load_from`` checkpoint with the same shape come from it (they overwrite the rest
 when the Runner loads it)."""
 import contextlib
+import copy
 import os
 import os.path as osp
 from collections import OrderedDict
@@ -27,7 +28,7 @@ def component(name: str) -> str:
 def _build(model_cfg, seed: int):
     from mmengine.registry import MODELS
     torch.manual_seed(seed)
-    model = MODELS.build(model_cfg)
+    model = MODELS.build(copy.deepcopy(model_cfg))  # mmdet's DETR __init__ edits its bbox_head config in place
     if hasattr(model, 'init_weights'):
         model.init_weights()
     return model
@@ -43,7 +44,9 @@ def _weight_files(paths: Sequence[str]) -> List[str]:
             out += [osp.join(d, f) for d, _, fs in os.walk(p) for f in sorted(fs) if f.endswith(WEIGHT_SUFFIXES)]
         elif osp.isfile(p) and p.endswith(WEIGHT_SUFFIXES):
             out.append(p)
-    return out
+    # once each: a file read by two components (MaO stage A: model.encoder and describer.encoder) perturbed twice
+    # lost its backup
+    return list(dict.fromkeys(osp.abspath(f) for f in out))
 
 
 def _shift(state):
@@ -148,6 +151,8 @@ def summarise(sources: Dict[str, Dict]) -> str:
             continue
         main = max(counted, key=counted.get)
         name = comp[len('student.'):] if comp.startswith('student.') else comp
+        if r['trainable'] == 0:
+            name += ' [frozen]'
         if len(counted) > 1:
             total = sum(counted.values())
             name += ' (' + ', '.join(f'{k} {100 * v / total:.0f}%' for k, v in counted.items() if k != main) + ')'

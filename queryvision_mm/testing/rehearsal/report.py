@@ -49,6 +49,14 @@ def _mark(steps, name):
     return '—' if s is None else ('✓' if s['ok'] else '✗')
 
 
+STANDARD_STEPS = ('train', 'resume', 'test', 'amp')
+
+
+def _other_steps(steps: dict) -> str:
+    other = [f'{k} {"✓" if s["ok"] else "✗"}' for k, s in steps.items() if k not in STANDARD_STEPS]
+    return f' ({", ".join(other)})' if other else ''
+
+
 def row(r: dict) -> str:
     steps = r.get('steps', {})
     params = r.get('params') or {}
@@ -68,18 +76,19 @@ def row(r: dict) -> str:
                     + (f'{m} without grad (e.g. `{later["unused"][0]}`)' if m else 'all get a grad'))
     peak = max((s.get('peak_rss_mb', 0) for s in steps.values()), default=0)
     cells = [
-        f'`{r["config"]}`', '✓' if 'sources' in r or 'train' in steps else '✗',
+        f'`{r["config"]}`', '✓' if 'sources' in r or steps else '✗',
         _mark(steps, 'train'), ddp, _mark(steps, 'resume'), _mark(steps, 'test'), _mark(steps, 'amp'),
         f'{params.get("total", 0) / 1e6:.1f}M / {params.get("trainable", 0) / 1e6:.1f}M' if params else '—',
-        f'{r["s_per_iter"]:.1f}' if r.get('s_per_iter') else '—', _mb(peak),
+        (f'{r["s_per_iter"]:.1f}' if r.get('s_per_iter') else '—') + f' ({r.get("img_scale", "?")} px)', _mb(peak),
         summarise(r['sources']) if r.get('sources') else '—',
-        'ok' if r.get('ok') else ('FAILED: ' + r.get('error', next((k for k, s in steps.items() if not s['ok']),
-                                                                    'setup'))),
+        ('ok' if r.get('ok') else ('FAILED: ' + r.get('error', next((k for k, s in steps.items() if not s['ok']),
+                                                                     'setup'))))
+        + _other_steps(steps),
     ]
     return '| ' + ' | '.join(cells) + ' |'
 
 
-HEADER = ('| config | builds | trains (N) | DDP | resume | test | AMP | params total / trainable | s/iter | '
+HEADER = ('| config | builds | trains (N) | DDP | resume | test | AMP | params total / trainable | s/iter (short side) | '
           'peak RSS (all ranks) | where the weights come from | result |\n'
           '|---|---|---|---|---|---|---|---|---|---|---|---|')
 
@@ -96,7 +105,7 @@ def rehearse_all(args, repo: str) -> int:
         out = osp.join(tmp, rel.replace('/', '_') + '.json')
         cmd = [sys.executable, osp.join(repo, 'tools', 'misc', 'rehearse.py'), rel, '--gpus', str(args.gpus),
                '--iters', str(args.iters), '--img-scale', str(args.img_scale), '--json', out,
-               '--timeout', str(args.timeout)] + (['--skip', *args.skip] if args.skip else [])
+               '--timeout', str(args.timeout), '--workers', str(args.workers)] + (['--skip', *args.skip] if args.skip else [])
         start = time.time()
         proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
         if osp.isfile(out):
@@ -110,20 +119,36 @@ def rehearse_all(args, repo: str) -> int:
             results.append(r['stage1'])
         results.append(r)
         print(f'[rehearse --all] {rel}: {"ok" if r.get("ok") else "FAILED"} ({r["wall_s"]} s)', flush=True)
-        _write(args.report, repo, args, results)
+        how = (f'`python tools/misc/rehearse.py --all --gpus {args.gpus} --iters {args.iters} --img-scale '
+               f'{args.img_scale}`')
+        _write(args.report, repo, how, results)
     return 0 if all(r.get('ok') for r in results) else 1
 
 
-def _write(path: str, repo: str, args, results) -> None:
+def collect(run_dir: str):
+    """Every ``rehearsal.json`` under ``run_dir`` (single-config runs, their stage-1 runs included)."""
+    out = []
+    for path in sorted(glob.glob(osp.join(run_dir, '**', 'rehearsal.json'), recursive=True)):
+        with open(path) as f:
+            out.append(json.load(f))
+    return out
+
+
+def _write(path: str, repo: str, how: str, results, missing=()) -> None:
+    commits = sorted({r.get('commit', '') for r in results} - {''})
     lines = [
-        '# Rehearsal: every shipped config at its real architecture',
+        '# Rehearsal: shipped configs at their real architecture',
         '',
-        f'Last full run: {time.strftime("%Y-%m-%d")}, commit `{_git_commit(repo)}`, '
-        f'`python tools/misc/rehearse.py --all --gpus {args.gpus} --iters {args.iters} --img-scale {args.img_scale}`'
-        f' on {os.cpu_count()} CPU cores (gloo). What each column means: see the end of this page.',
+        f'Written {time.strftime("%Y-%m-%d")} from {how} on {os.cpu_count()} CPU cores (gloo), '
+        f'commit(s) {", ".join(f"`{c}`" for c in commits) or f"`{_git_commit(repo)}`"}. '
+        'What each column means: see the end of this page.',
         '',
         HEADER,
-    ] + [row(r) for r in results] + ['', LEGEND]
+    ] + [row(r) for r in results] + ['']
+    if missing:
+        lines += ['Not rehearsed in this run (see the note below the table): ' + ', '.join(f'`{m}`' for m in missing),
+                  '']
+    lines += [LEGEND]
     os.makedirs(osp.dirname(path), exist_ok=True)
     old = open(path).read() if osp.isfile(path) else ''
     keep = old[old.index(GPU_BEGIN):old.index(GPU_END) + len(GPU_END)] if GPU_BEGIN in old and GPU_END in old else ''
@@ -142,12 +167,15 @@ LEGEND = """## Columns
 - **AMP**: a short `--amp` run (`QVAmpOptimWrapper`: bf16 autocast on CPU, fp16 + dynamic loss scale on GPU).
 - **params**: elements, whole model (Semi-DETR: teacher + student).
 - **s/iter**: median of the logged iteration times at the rehearsal scale (not the real scale).
-- **peak RSS**: the whole process tree of the step (launcher, ranks, data workers), sampled every 0.5 s.
-- **where the weights come from**: each component's parameters, built and initialised twice with different seeds:
-  `pretrained` = equal in both builds (loaded from its init_cfg file), `load_from` = present in the load_from
-  checkpoint, `random` = initialised at random; fixed initialisations (LayerNorm ones, zero biases, MSDA offset grids)
-  are not counted.
-  A pretrained part training from scratch shows up as `random`.
+- **peak RSS**: the sum over the step's whole process tree (launcher, ranks, data workers), sampled every 0.5 s;
+  pages shared between processes count once per process, so this bounds the real use from above.
+- **where the weights come from**: each component's parameters, from three builds and initialisations of the model
+  with its own code (seeds 1 and 3 as configured, seed 2 with every stand-in weight file perturbed): `pretrained` =
+  follows the file (an init_cfg URL, a local weight file, an embedding file), `load_from` = present in the load_from
+  checkpoint, `random` = differs between seeds; fixed initialisations (LayerNorm ones, zero biases, MSDA offset
+  grids) are not counted.
+  A pretrained part training from scratch shows up as `random`; `[frozen]` marks components without trainable
+  parameters (the teacher, stage 1's detector parts).
 """
 
 
@@ -198,7 +226,18 @@ def replace_gpu_section(md_path: str, section: str) -> None:
 
 if __name__ == '__main__':
     import argparse
-    p = argparse.ArgumentParser(description='write the GPU-check section of docs/rehearsal.md')
-    p.add_argument('--gpu-section', nargs=2, metavar=('OUT_DIR', 'MARKDOWN'), required=True)
+    p = argparse.ArgumentParser(description='write docs/rehearsal.md from rehearsal results')
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument('--gpu-section', nargs=2, metavar=('OUT_DIR', 'MARKDOWN'), help='tools/gpu_check.sh results')
+    g.add_argument('--collect', nargs=2, metavar=('RUN_DIR', 'MARKDOWN'),
+                   help='the CPU table from single-config runs (work_dirs/rehearsal)')
     a = p.parse_args()
-    replace_gpu_section(a.gpu_section[1], gpu_section(a.gpu_section[0]))
+    if a.gpu_section:
+        replace_gpu_section(a.gpu_section[1], gpu_section(a.gpu_section[0]))
+    else:
+        repo = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+        results = collect(a.collect[0])
+        done = {r['config'] for r in results}
+        missing = [c for c in shipped_configs(repo) if c not in done]
+        _write(a.collect[1], repo, 'single-config runs of `tools/misc/rehearse.py CONFIG --gpus 2`', results,
+               missing)
