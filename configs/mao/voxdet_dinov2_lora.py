@@ -33,7 +33,7 @@ train_dataloader = dict(
     num_workers=8,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
-    collate_fn=dict(type='pseudo_collate'),
+    collate_fn=dict(type='qv_scene_collate'),  # scenes have different numbers of crops: no transposition
     dataset=dict(type='QVSoIRPairDataset', ann_file='data/VoxDet-SoIR/anns.pt', sets=('OWID', ),
                  data_prefix='', crop_source='proposals',
                  proposals_file='work_dirs/owid_proposals/proposals.json', min_crop_size=224, max_crops=16))

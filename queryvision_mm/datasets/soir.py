@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 from mmengine.fileio import join_path, load
+from mmengine.registry import FUNCTIONS
 
 from mmpretrain.datasets import BaseDataset
 from mmpretrain.registry import DATASETS
@@ -175,3 +176,13 @@ class QVSoIRPairDataset(QVSoIRDataset):
         q = info['queries'][np.random.randint(len(info['queries']))]
         query = crop_padded(read_rgb(q['img_path']), square_crop_box(q['box'], 0))
         return dict(inputs=dict(crops=crops, query=query), data_samples=dict(instance=q['instance']))
+
+
+@FUNCTIONS.register_module()
+def qv_scene_collate(data_batch: Sequence[dict]) -> dict:
+    """Collate for :class:`QVSoIRPairDataset`: ``dict(inputs=[per-scene dict], data_samples=[per-scene dict])``.
+
+    Scenes hold different numbers of object crops; mmengine's ``pseudo_collate`` transposes sequences and stops with
+    "each data_itement in list of batch should be of equal size" as soon as two scenes of a batch differ (always, with
+    OWLv2 proposals). ``QVMaOContrastiveModel`` takes the per-scene lists as they are."""
+    return dict(inputs=[d['inputs'] for d in data_batch], data_samples=[d['data_samples'] for d in data_batch])

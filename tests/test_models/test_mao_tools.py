@@ -199,3 +199,33 @@ def test_stage_a_gradient_checkpointing_same_gradients_less_memory(models):  # n
     for n in g0:
         torch.testing.assert_close(g1[n], g0[n], msg=n)
     assert m1 < m0 / 2, (m1, m0)
+
+
+def test_stage_a_batches_scenes_with_different_numbers_of_crops(models, tmp_path):  # noqa: F811
+    """OWLv2 gives every training scene its own number of proposals; the config's collate keeps them per scene
+    (mmengine's pseudo_collate stopped at the first batch: "each data_itement in list of batch should be of equal
+    size")."""
+    from mmengine.registry import FUNCTIONS
+
+    from mmpretrain.registry import DATASETS, MODELS
+    mroot, _ = models
+    rng = np.random.default_rng(2)
+    anns = {}
+    for i, n in enumerate((1, 2, 3)):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(tmp_path / f's{i}.jpg')
+        anns[f's{i}.jpg'] = dict(bbox=[[2 + 10 * k, 2, 12 + 10 * k, 20] for k in range(n)], ins=[i], is_query=False,
+                                 set='OWID')
+        Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(tmp_path / f'q{i}.jpg')
+        anns[f'q{i}.jpg'] = dict(bbox=[3, 3, 25, 25], ins=i, is_query=True, set='OWID')
+    (tmp_path / 'anns.json').write_text(json.dumps(anns))
+    cfg = Config.fromfile(osp.join(REPO, 'configs/mao/voxdet_dinov2_lora.py'))
+    ds = DATASETS.build(dict(cfg.train_dataloader.dataset, ann_file=str(tmp_path / 'anns.json'),
+                             data_prefix=str(tmp_path), crop_source='gt', proposals_file=None, min_crop_size=28))
+    collate = FUNCTIONS.get(cfg.train_dataloader.collate_fn.type)
+    batch = collate([ds[i] for i in range(3)])
+    model = MODELS.build(dict(cfg.model, encoder=dict(cfg.model.encoder, model_dir=str(mroot / 'dinov2'),
+                                                      input_size=28), lora=dict(cfg.model.lora, r=4)))
+    model.train()
+    loss = model(**model.data_preprocessor(batch, True), mode='loss')['loss_info_nce']
+    assert torch.isfinite(loss)
+    loss.backward()

@@ -85,7 +85,8 @@ class QVMaOContrastiveModel(BaseModel):
 
     def forward(self, inputs, data_samples=None, mode: str = 'loss'):
         """``inputs``: dict(crops=[per image: list of HxWx3 uint8], query=[HxWx3 uint8]) as mmengine's
-        ``pseudo_collate`` gives (or a list of per-image dicts); ``data_samples``: dict(instance=[ids]) (or a list)."""
+        ``pseudo_collate`` gives, or a list of per-image dicts (``qv_scene_collate``, the config's: scenes hold
+        different numbers of crops); ``data_samples``: dict(instance=[ids]) or a list of dict(instance=id)."""
         if isinstance(inputs, dict):
             inputs = [dict(crops=c, query=q) for c, q in zip(inputs['crops'], inputs['query'])]
         if isinstance(data_samples, dict):

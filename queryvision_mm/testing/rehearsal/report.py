@@ -151,9 +151,10 @@ def _write(path: str, repo: str, how: str, results, missing=()) -> None:
     lines += [LEGEND]
     os.makedirs(osp.dirname(path), exist_ok=True)
     old = open(path).read() if osp.isfile(path) else ''
-    keep = old[old.index(GPU_BEGIN):old.index(GPU_END) + len(GPU_END)] if GPU_BEGIN in old and GPU_END in old else ''
+    kept = [old[old.index(b):old.index(e) + len(e)] for b, e in ((NOTES_BEGIN, NOTES_END), (GPU_BEGIN, GPU_END))
+            if b in old and e in old]  # hand-written notes and the GPU check survive a new table
     with open(path, 'w') as f:
-        f.write('\n'.join(lines) + '\n' + ('\n' + keep + '\n' if keep else ''))
+        f.write('\n'.join(lines) + '\n' + ''.join('\n' + k + '\n' for k in kept))
 
 
 LEGEND = """## Columns
@@ -180,6 +181,7 @@ LEGEND = """## Columns
 
 
 GPU_BEGIN, GPU_END = '<!-- gpu-check:begin -->', '<!-- gpu-check:end -->'
+NOTES_BEGIN, NOTES_END = '<!-- notes:begin -->', '<!-- notes:end -->'
 
 
 def gpu_section(out_dir: str) -> str:
