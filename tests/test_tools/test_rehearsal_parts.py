@@ -50,7 +50,11 @@ def test_shrink_epoch_schedule_keeps_no_validation_during_training():
     cfg = _cfg('configs/cq_dino/v3det_r50.py')
     rcfg, facts = rehearsal_config(cfg, iters=4, short_side=64)
     assert rcfg.train_cfg.max_epochs == 2 and facts['iters_per_epoch'] == 2
-    assert facts['validates_in_training'] == (cfg.train_cfg.val_interval <= cfg.train_cfg.max_epochs)
+    tc = cfg.train_cfg  # V3Det: never validates during training (val_begin beyond the schedule), nor in rehearsal
+    assert tc.get('val_begin', 1) > tc.max_epochs and facts['validates_in_training'] is False
+    assert rcfg.train_cfg.get('val_begin', 1) > rcfg.train_cfg.max_epochs
+    coco, _ = rehearsal_config(_cfg('configs/cq_dino/coco_r50.py'), iters=4, short_side=64)
+    assert coco.train_cfg.val_begin == 1 and coco.train_cfg.val_interval == 2  # COCO validates at its end
     milestones = next(s for s in rcfg.param_scheduler if 'milestones' in s)['milestones']
     assert all(1 <= m <= 2 for m in milestones)
     warm = next(s for s in rcfg.param_scheduler if s['type'] == 'LinearLR')
