@@ -23,7 +23,9 @@ def build(num_cp, num_layers=2, dropout=0.1):
     m.encoder.layer_cfg.self_attn_cfg.dropout = dropout  # random state must be replayed in the recomputation
     m.encoder.layer_cfg.ffn_cfg.ffn_drop = dropout
     torch.manual_seed(0)
-    return MODELS.build(m)
+    model = MODELS.build(m)
+    model.init_weights()  # DINO's level_embed is uninitialised memory until init_weights
+    return model
 
 
 def loss_and_grads(model, data):

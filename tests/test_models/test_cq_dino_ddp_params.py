@@ -39,6 +39,7 @@ def test_stage1_every_trainable_parameter_gets_a_gradient(name):
     assert cfg.model.selector_only and not cfg.get('model_wrapper_cfg', {}).get('find_unused_parameters')
     torch.manual_seed(0)
     model = MODELS.build(shrink_cq_dino_model(cfg.model))
+    model.init_weights()  # DINO's level_embed is uninitialised memory until init_weights (NaN costs at random)
     losses = one_backward(model)
     assert set(losses) == {'loss_selector', 'selector_recall'}
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -79,6 +80,7 @@ def test_stage2_every_trainable_parameter_gets_a_gradient(name):
     assert not cfg.model.get('selector_only') and not cfg.get('model_wrapper_cfg', {}).get('find_unused_parameters')
     torch.manual_seed(0)
     model = MODELS.build(shrink_cq_dino_model(cfg.model))
+    model.init_weights()  # DINO's level_embed is uninitialised memory until init_weights (NaN costs at random)
     losses = one_backward(model)
     assert 'loss_cls' in losses and 'loss_selector' in losses
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
