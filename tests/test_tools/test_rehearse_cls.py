@@ -159,7 +159,9 @@ def test_zero_shot_config_can_be_wrapped_for_distributed_test(tmp_path):
 
     dist.init_process_group('gloo', init_method=f'file://{tmp_path}/pg', rank=0, world_size=1)
     try:
-        MODEL_WRAPPERS.build(wrapper, default_args=dict(module=Frozen()))
+        module = Frozen()
+        wrapped = MODEL_WRAPPERS.build(wrapper, default_args=dict(module=module))  # old config: DDP raised here
+        assert wrapped.module is module and wrapped.test_step is not None
     finally:
         dist.destroy_process_group()
 
