@@ -33,10 +33,15 @@ model = dict(
             num_classes=num_classes,  # category ids 1..13204 = labels 0..13203 (V3DetDataset order)
             w_min=0.4, w_span=0.4, max_count=13204, max_level=7),  # official constants (paper text: w = 0.3)
         embed_file=data_root + 'annotations/v3det_clip_embeddings.safetensors',
+        # the dataset's class list (the label_file V3DetDataset reads): the embedding file's names are checked
+        # against it name by name, not only their count
+        class_names=data_root + 'annotations/category_name_13204_v3det_2023_v1.txt',
         force_gt_in_topk=False),  # official: GT categories are not forced into the top-K
     selector_loss=dict(type='QVAsymmetricLoss', gamma_neg=7.0, gamma_pos=0.0, clip=0.05, reduction='sum',
                        loss_weight=1.0),
-    hierarchy=dict(tree_file=data_root + 'annotations/v3det_2023_v1_category_tree.json'),  # parent mask
+    # parent mask; root=None: the top-level node reaching the most categories (V3Det: n00001740 "entity");
+    # strict=False: categories outside the tree (V3Det#15/#18) are kept and counted in a warning, not an error
+    hierarchy=dict(tree_file=data_root + 'annotations/v3det_2023_v1_category_tree.json', root=None, strict=False),
     text_self_attention=False,
     # official: backbone + neck under CUDA fp16 autocast, the rest fp32 (a no-op on CPU and under --amp, whose
     # QVAmpOptimWrapper autocasts the whole forward)

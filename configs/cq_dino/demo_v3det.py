@@ -27,7 +27,7 @@ model = dict(
         num_classes=num_classes, img_in_channels=512, embed_dims=256, kv_dims=128, num_layers=2, num_heads=4,
         ffn_dims=1024, dropout=0.0, topk=topk,
         relation=dict(tree_file=tree_file, num_classes=num_classes, max_count=num_classes),
-        embed_file=None),
+        embed_file=None, class_names=data_root + label_file),
     hierarchy=dict(tree_file=tree_file),
     bbox_head=dict(contrastive_cfg=dict(max_text_len=topk)),
     test_cfg=dict(max_per_img=100))

@@ -8,12 +8,17 @@ dataset's class order), so two classes whose cleaned names collide stay distinct
 """
 import json
 import os.path as osp
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
 
 
 class HierarchyError(ValueError):
     """A category hierarchy that cannot be used (cycle, unknown id, orphan, ambiguous mapping)."""
+
+
+class HierarchyWarning(UserWarning):
+    """A usable category hierarchy with parts outside the tree (categories not reachable from the root)."""
 
 
 @dataclass
@@ -28,6 +33,12 @@ class CategoryHierarchy:
         num_descendants: per label, the number of distinct category descendants (transitive).
         level: per label, the longest chain of category ancestors above it (0 = top level).
         source: where it came from (for error messages).
+        root: the tree's root node (V3Det tree files; None otherwise).
+        roots: every top-level node of the tree file (no parent, at least one child); ``root`` is one of them
+            unless it was given explicitly.
+        unreachable: labels whose node cannot be reached from ``root`` (kept, with the relations the file gives
+            them; reported with a :class:`HierarchyWarning`, or an error with ``strict=True``).
+        num_unreachable_nodes: tree nodes (categories or not) that cannot be reached from ``root``.
     """
     num_classes: int
     parents: List[List[int]]
@@ -37,6 +48,10 @@ class CategoryHierarchy:
     level: List[int]
     source: str = '<memory>'
     extra: Dict = field(default_factory=dict)
+    root: Optional[str] = None
+    roots: List[str] = field(default_factory=list)
+    unreachable: List[int] = field(default_factory=list)
+    num_unreachable_nodes: int = 0
 
     @property
     def max_level(self) -> int:
@@ -62,19 +77,28 @@ class CategoryHierarchy:
     def from_v3det_tree(cls,
                         tree_file: str,
                         category_ids: Sequence[int],
-                        root: Optional[str] = None) -> 'CategoryHierarchy':
+                        root: Optional[str] = None,
+                        strict: bool = False) -> 'CategoryHierarchy':
         """From V3Det's official category-tree JSON.
 
         Args:
             tree_file: Path of ``v3det_2023_v1_category_tree.json`` (or a file of the same format).
             category_ids: The dataset's category ids in label order (``dataset.cat_ids`` of mmdet's
                 ``CocoDataset``/``V3DetDataset``): label i is ``category_ids[i]``.
-            root: Root node id; by default the single node without a parent that has children.
+            root: Root node id. By default the top-level node (no parent, at least one child) from which the most
+                categories can be reached (V3Det: ``'n00001740'``, "entity"); every top-level node is listed in
+                ``roots``.
+            strict: Require exactly one top-level node (when ``root`` is not given) and every category reachable
+                from the root, raising :class:`HierarchyError` otherwise (the behaviour before issue 13). Default
+                False: V3Det's own issues (V3Det#15, #18) report nodes outside the tree, so categories that cannot
+                be reached from the root are kept (with the relations the file gives them, none for an isolated
+                node), listed in ``unreachable`` and counted in a :class:`HierarchyWarning`.
 
         Non-category nodes are walked through: the category parents of a label are its nearest category ancestors
         along every path (a DAG gives several). Raises :class:`HierarchyError` naming the file for a missing key,
         a category id absent from ``categoryid2treeid``, two labels on one node, a child id that is not a node
-        (when ``id2name`` lists the nodes), a cycle, several roots, or a category node not reachable from the root.
+        (when ``id2name`` lists the nodes), a cycle, an unknown ``root``, and with ``strict`` several top-level
+        nodes or a category node not reachable from the root.
         """
         if not osp.isfile(tree_file):
             raise FileNotFoundError(f'category tree file not found: {tree_file}')
@@ -118,19 +142,32 @@ class CategoryHierarchy:
                     raise HierarchyError(f'{tree_file}: father2child has node {parent!r}, which is not in id2name')
         _check_acyclic({n: father2child.get(n, []) for n in nodes}, tree_file)
 
+        roots = sorted(n for n in nodes if n not in node_parents and father2child.get(n))
         if root is None:
-            roots = sorted(n for n in nodes if n not in node_parents and father2child.get(n))
-            if len(roots) != 1:
+            if strict and len(roots) != 1:
                 raise HierarchyError(f'{tree_file}: expected one root (a node with children and no parent), found '
                                      f'{roots[:5]}{"..." if len(roots) > 5 else ""}; pass root=')
-            root = roots[0]
+            # the top-level node that reaches the most categories (the first in sorted order on a tie)
+            root = max(roots, key=lambda r: len(_reachable(r, father2child) & label_of_node.keys()), default=None)
         elif root not in nodes:
             raise HierarchyError(f'{tree_file}: root {root!r} is not a node of father2child')
-        reachable = _reachable(root, father2child)
-        for label, node in enumerate(node_of_label):
-            if node not in reachable:
-                raise HierarchyError(f'{tree_file}: category id {category_ids[label]} (label {label}, node {node!r}) '
-                                     f'is an orphan: not reachable from the root {root!r}')
+        reachable = _reachable(root, father2child) if root is not None else set()
+        unreachable = [label for label, node in enumerate(node_of_label) if node not in reachable]
+        if unreachable and strict:
+            label = unreachable[0]
+            raise HierarchyError(f'{tree_file}: category id {category_ids[label]} (label {label}, node '
+                                 f'{node_of_label[label]!r}) is an orphan: not reachable from the root {root!r} '
+                                 f'({len(unreachable)} such categories; strict=False keeps them)')
+        all_nodes = nodes | set(node_of_label) | (known or set())
+        num_unreachable_nodes = len(all_nodes - reachable)
+        if unreachable:
+            shown = ', '.join(f'id {category_ids[i]} (label {i}, node {node_of_label[i]!r})' for i in unreachable[:3])
+            warnings.warn(
+                f'{tree_file}: {len(unreachable)} of {len(node_of_label)} categories are not reachable from the root '
+                f'{root!r} ({shown}{", ..." if len(unreachable) > 3 else ""}; {num_unreachable_nodes} unreachable '
+                f'tree node(s) in all, {len(roots)} top-level node(s)): they are kept with the relations the file '
+                f'gives them (none for an isolated node); strict=True makes this an error', HierarchyWarning,
+                stacklevel=2)
 
         # nearest category ancestors through non-category nodes, per category
         memo: Dict[str, frozenset] = {}
@@ -149,7 +186,8 @@ class CategoryHierarchy:
 
         edges = [(p, label) for label, node in enumerate(node_of_label) for p in nearest_category_ancestors(node)]
         out = cls._from_label_edges(len(node_of_label), edges, tree_file)
-        out.extra['root'] = root
+        out.extra['root'] = out.root = root
+        out.roots, out.unreachable, out.num_unreachable_nodes = roots, unreachable, num_unreachable_nodes
         return out
 
     @classmethod

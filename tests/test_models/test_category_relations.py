@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from queryvision_mm.datasets import CategoryHierarchy, HierarchyError
+from queryvision_mm.datasets.category_hierarchy import HierarchyWarning
 from queryvision_mm.models.layers import QVCategorySelfAttention, QVTreeAggregator
 
 # root n0 (entity, not a category) -> animal n1, pet n6; animal -> mammal n2 (not a category) -> dog n3, cat n4;
@@ -33,12 +34,16 @@ def test_v3det_tree_to_label_relations(tmp_path):
     assert h.ancestors[3] == [0, 1, 4]
     assert h.level == [0, 1, 1, 2, 0]
     assert h.num_descendants == [3, 1, 0, 0, 2]
-    assert h.extra['root'] == 'n0'
+    assert h.extra['root'] == h.root == 'n0' and h.roots == ['n0'] and h.unreachable == []
     # same (cleaned) name, different ids -> different labels with different relations
     assert h.parents[1] != h.parents[4]
     # label order follows the dataset's ids, not the file
     h2 = CategoryHierarchy.from_v3det_tree(write(tmp_path, TREE), [14, 13, 12, 11, 10])
     assert h2.parents[3] == [0, 4]  # dog (label 3 now) under pet (0) and animal (4)
+
+
+TWO_ROOTS = (lambda t: (t['categoryid2treeid'].__setitem__('12', 'n7'), t['id2name'].__setitem__('n7', 'x'),
+                       t['father2child'].__setitem__('n8', ['n7']), t['id2name'].__setitem__('n8', 'y')))
 
 
 @pytest.mark.parametrize('break_it,match', [
@@ -47,27 +52,36 @@ def test_v3det_tree_to_label_relations(tmp_path):
     (lambda t: t['categoryid2treeid'].pop('12'), 'category id 12 .label 2. is not in categoryid2treeid'),
     (lambda t: t['categoryid2treeid'].__setitem__('12', 'n3'), 'map to the same tree node'),
     (lambda t: t.pop('father2child'), "missing key 'father2child'"),
-    (lambda t: (t['categoryid2treeid'].__setitem__('12', 'n7'), t['id2name'].__setitem__('n7', 'x'),
-                t['father2child'].__setitem__('n8', ['n7']), t['id2name'].__setitem__('n8', 'y')),
-     'expected one root'),
+    (TWO_ROOTS, 'expected one root'),
 ])
 def test_bad_trees_fail_naming_the_file(tmp_path, break_it, match):
     tree = copy.deepcopy(TREE)
     break_it(tree)
     path = write(tmp_path, tree)
     with pytest.raises(HierarchyError, match=match) as err:
-        CategoryHierarchy.from_v3det_tree(path, IDS)
+        CategoryHierarchy.from_v3det_tree(path, IDS, strict=True)
     assert path in str(err.value)
 
 
-def test_orphan_category_and_explicit_root(tmp_path):
+def test_orphan_category_is_reported_not_fatal_and_root_exposed(tmp_path):
+    """V3Det's own issues report nodes outside the tree: by default an unreachable category is kept (no relations),
+    listed in ``unreachable`` and counted in a warning; ``strict=True`` keeps the old error."""
     tree = copy.deepcopy(TREE)
     tree['categoryid2treeid']['12'] = 'n7'  # cat becomes a node with no parent and no child
     tree['id2name']['n7'] = 'cat'
     tree['father2child']['n7'] = []
     path = write(tmp_path, tree)
-    with pytest.raises(HierarchyError, match='label 2, node .n7.. is an orphan'):
-        CategoryHierarchy.from_v3det_tree(path, IDS)
+    with pytest.warns(HierarchyWarning, match=r'1 of 5 categories are not reachable from the root .n0. \(id 12 '
+                      r'\(label 2, node .n7.\); 1 unreachable tree node.s. in all') as rec:
+        h = CategoryHierarchy.from_v3det_tree(path, IDS)
+    assert path in str(rec[0].message)
+    assert h.root == 'n0' and h.roots == ['n0'] and h.unreachable == [2] and h.num_unreachable_nodes == 1
+    assert h.parents == [[], [0, 4], [], [1], []] and h.children == [[1], [3], [], [], [1]], 'cat: no relations'
+    QVTreeAggregator(tree_file=path, category_ids=IDS)  # the aggregator accepts it too
+    with pytest.raises(HierarchyError, match=r'label 2, node .n7.. is an orphan.*1 such categor'):
+        CategoryHierarchy.from_v3det_tree(path, IDS, strict=True)
+    with pytest.raises(HierarchyError, match='is an orphan'):
+        QVTreeAggregator(tree_file=path, category_ids=IDS, strict=True)
     with pytest.raises(HierarchyError, match="root 'nX' is not a node"):
         CategoryHierarchy.from_v3det_tree(path, IDS, root='nX')
     with pytest.raises(FileNotFoundError, match='missing.json'):
@@ -134,3 +148,18 @@ def test_category_self_attention_is_real_attention():
     v = torch.nn.functional.linear(x, sa.attn.in_proj_weight[32:], sa.attn.in_proj_bias[32:])
     torch.testing.assert_close(lx, sa.norm(x + sa.attn.out_proj(v)), rtol=1e-5, atol=1e-5)
     assert sa(x[0]).shape == (6, 16)
+
+
+def test_several_top_level_nodes_expose_all_roots(tmp_path):
+    """A second tree (n8 -> cat) next to the main one: the root is the top-level node that reaches the most
+    categories, ``roots`` lists both, the other tree's categories are counted as unreachable; ``root=`` chooses."""
+    tree = copy.deepcopy(TREE)
+    TWO_ROOTS(tree)
+    path = write(tmp_path, tree)
+    with pytest.warns(HierarchyWarning, match='1 of 5 categories .* 2 top-level node'):
+        h = CategoryHierarchy.from_v3det_tree(path, IDS)
+    assert h.root == 'n0' and h.roots == ['n0', 'n8'] and h.unreachable == [2]
+    with pytest.warns(HierarchyWarning, match='4 of 5 categories are not reachable from the root .n8.'):
+        h8 = CategoryHierarchy.from_v3det_tree(path, IDS, root='n8')
+    assert h8.root == 'n8' and h8.unreachable == [0, 1, 3, 4]
+    assert h8.parents == h.parents, 'relations do not depend on the root'

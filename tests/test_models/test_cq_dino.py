@@ -126,7 +126,12 @@ def test_same_cleaned_name_categories_stay_distinct(tmp_path):
         out['logits'][:, b], out['logits'][:, a] = 10.0, 9.0
         return out
 
+    def rigged_select(img_feat, gt_labels=None):  # the detector's path (chunked scoring + top-K in one call)
+        out = rigged(img_feat)
+        return dict(sel.select(out['logits'], out['tokens'], gt_labels), logits=out['logits'])
+
     sel.forward = rigged
+    sel.forward_select = rigged_select
     model.train()
     data = batch(model, labels=((a, b), (b, )))
     captured = {}
@@ -146,3 +151,26 @@ def test_same_cleaned_name_categories_stay_distinct(tmp_path):
     assert out[0].selected_categories[:2].tolist() == [b, a]
     labels = set(out[0].pred_instances.labels.tolist())
     assert labels <= set(out[0].selected_categories.tolist())
+
+
+@pytest.mark.parametrize('force', [False, True])
+def test_loss_leaves_callers_gt_instances_unchanged(tmp_path, force):
+    """``loss`` works on copies of the ground truth: the caller's data samples keep their global labels and get no
+    ``positive_maps`` / ``text_token_mask`` (a shallow ``clone`` used to share ``gt_instances`` with the caller, so
+    the labels were overwritten with slot indices, and a second ``loss`` on the same samples trained wrong targets)."""
+    torch.manual_seed(0)
+    model = MODELS.build(tiny_cfg(tmp_path, force_gt_in_topk=force))
+    model.init_weights()
+    model.train()
+    data = batch(model, labels=((1, 7, 7), (3, )))
+    samples = data['data_samples']
+    before = [s.gt_instances.labels.clone() for s in samples]
+    boxes = [s.gt_instances.bboxes.clone() for s in samples]
+    model.loss(data['inputs'], samples)
+    for s, lb, bx in zip(samples, before, boxes):
+        assert torch.equal(s.gt_instances.labels, lb), 'global labels of the caller overwritten'
+        assert torch.equal(s.gt_instances.bboxes, bx)
+        assert 'positive_maps' not in s.gt_instances and 'text_token_mask' not in s.gt_instances
+    # a second call on the same samples sees the same (global) targets
+    first = model.loss(data['inputs'], samples)['selector_recall']
+    assert float(first) == float(model.loss(data['inputs'], samples)['selector_recall'])

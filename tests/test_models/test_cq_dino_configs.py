@@ -36,8 +36,10 @@ def test_config_values(name):
     assert cfg.train_cfg.max_epochs == 24
     coco, recall = cfg.val_evaluator
     assert coco.type == 'QVCocoMetric' and recall.type == 'QVCategoryRecallMetric'  # CocoMetric + mp_eval_procs
+    # the paper's protocol on V3Det and COCO (official configs): AP at 300 detections, multi-process evaluator
+    assert coco.use_mp_eval and coco.proposal_nums == [300] and [m.type for m in cfg.test_evaluator] == [
+        'QVCocoMetric', 'QVCategoryRecallMetric'] and cfg.test_evaluator[0].proposal_nums == [300]
     if name.startswith('v3det'):
-        assert coco.use_mp_eval and coco.proposal_nums == [300]
         assert cfg.model.selector_loss.gamma_neg == 7.0 and cfg.model.selector_loss.clip == 0.05
         assert cfg.train_dataloader.dataset.type == 'V3DetDataset'
     else:
@@ -73,3 +75,31 @@ def test_stage1_configs(name, stage2):
         a, b = cfg.model[key].to_dict(), full.model[key].to_dict()
         a.pop('init_cfg', None), b.pop('init_cfg', None)
         assert a == b, key
+
+
+@pytest.mark.parametrize('name', ['coco_r50', 'v3det_r50'])
+def test_evaluator_computes_ap_at_300_detections(tmp_path, name):
+    """One image, one ground truth whose only matching detection is ranked 150th of its category: AP counts it at
+    maxDets 300 (the paper's AP) and not at 100 (pycocotools' default summary, which the COCO configs used)."""
+    import json
+
+    import torch
+    from mmdet.registry import METRICS
+    cfg = load(name)
+    classes = [f'c{i}' for i in range(3)]
+    ann = tmp_path / 'val.json'
+    ann.write_text(json.dumps(dict(
+        images=[dict(id=1, file_name='a.jpg', width=400, height=400)],
+        annotations=[dict(id=1, image_id=1, category_id=1, bbox=[300, 300, 50, 50], area=2500, iscrowd=0)],
+        categories=[dict(id=i + 1, name=c) for i, c in enumerate(classes)])))
+    metric = METRICS.build(dict(cfg.test_evaluator[0], ann_file=str(ann), mp_eval_procs=1))
+    metric.dataset_meta = dict(classes=classes)
+    n = 150
+    assert cfg.model.test_cfg.max_per_img >= max(metric.proposal_nums) >= n, 'the head keeps enough detections'
+    boxes = torch.tensor([[float(2 * i % 200), float(2 * i // 200), 2 * i % 200 + 20., 2 * i // 200 + 20.]
+                          for i in range(n - 1)] + [[300., 300., 350., 350.]])
+    scores = torch.linspace(0.9, 0.1, n)  # the true box has the lowest score
+    metric.process({}, [dict(img_id=1, ori_shape=(400, 400), pred_instances=dict(
+        bboxes=boxes, scores=scores, labels=torch.zeros(n, dtype=torch.long)))])
+    res = metric.evaluate(1)
+    assert res['coco/bbox_mAP'] > 0, res  # 1/150 precision at recall 1 -> AP ~ 0.007 at maxDets 300 (0 at 100)

@@ -3,6 +3,7 @@ import json
 import os.path as osp
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import load_module_from_path
@@ -51,7 +52,7 @@ def test_different_folds_differ():
 @pytest.mark.parametrize('percent,expected', [(10, 5), (1, 1), (0.5, 1), (50, 25), (100, 50), (13, 6)])
 def test_exact_count_without_replacement(percent, expected):
     coco = make_coco(50)
-    labeled, unlabeled = sc.split_coco(coco, percent, seed=3)
+    labeled, unlabeled = sc.split_coco(coco, percent, seed=3, mode='ours')
     lab_ids = ids(labeled)
     assert len(lab_ids) == len(set(lab_ids)) == expected
     assert len(ids(unlabeled)) == 50 - expected
@@ -107,7 +108,7 @@ def test_cli_writes_mmdet_names(tmp_path, capsys):
     (tmp_path / 'annotations').mkdir()
     with open(tmp_path / 'annotations' / 'instances_train2017.json', 'w') as f:
         json.dump(coco, f)
-    rc = sc.main(['--data-root', str(tmp_path), '--labeled-percent', '10', '0.5', '--fold', '2'])
+    rc = sc.main(['--data-root', str(tmp_path), '--labeled-percent', '10', '0.5', '--fold', '2', '--mode', 'ours'])
     assert rc == 0
     out_dir = tmp_path / 'semi_anns'
     expected = {f'instances_train2017.{f}@{p}{s}.json' for f in (1, 2) for p in ('10', '0.5') for s in ('', '-unlabeled')}
@@ -116,7 +117,7 @@ def test_cli_writes_mmdet_names(tmp_path, capsys):
     unlab = json.load(open(out_dir / 'instances_train2017.1@10-unlabeled.json'))
     assert len(lab['images']) == 4 and len(unlab['images']) == 36
     # fold f uses seed f (+ offset 0)
-    ref_lab, _ = sc.split_coco(coco, 10, seed=1)
+    ref_lab, _ = sc.split_coco(coco, 10, seed=1, mode='ours')
     assert lab == ref_lab
     assert len(json.load(open(out_dir / 'instances_train2017.2@0.5.json'))['images']) == 1
     assert capsys.readouterr().out.count('\n') == 4  # one summary line per split
@@ -124,8 +125,8 @@ def test_cli_writes_mmdet_names(tmp_path, capsys):
     # --seed-offset shifts the seed
     out2 = tmp_path / 'offset'
     assert sc.main(['--data-root', str(tmp_path), '--out-dir', str(out2), '--labeled-percent', '10', '--fold', '1',
-                    '--seed-offset', '4']) == 0
-    assert json.load(open(out2 / 'instances_train2017.1@10.json')) == sc.split_coco(coco, 10, seed=5)[0]
+                    '--seed-offset', '4', '--mode', 'ours']) == 0
+    assert json.load(open(out2 / 'instances_train2017.1@10.json')) == sc.split_coco(coco, 10, seed=5, mode='ours')[0]
 
 
 def test_missing_file(tmp_path, capsys):
@@ -146,3 +147,89 @@ def test_cli_bad_percent_and_bad_json(tmp_path, capsys):
     assert sc.main(['--data-root', str(tmp_path), '--ann-file', path.name]) != 0
     err = capsys.readouterr().err
     assert str(path) in err and "'images'" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --mode published / stac: the reference algorithms, re-stated here from their definitions (SoftTeacher's
+# tools/dataset/semi_coco.py and STAC's prepare_datasets/prepare_coco_data.py): numpy's global legacy generator
+# seeded with fold + offset, int(p / 100.0 * N) indices from np.random.choice over range(N), without (SoftTeacher)
+# or with (STAC) replacement; labeled annotations = those of the labeled images, every other one unlabeled; names
+# instances_train2017.{fold}@{int(p)}[-unlabeled].json; plain json.dump of images, annotations, licenses,
+# categories, info.
+
+def reference_split(anno, fold, percent, seed_offset=0, replace=False):
+    state = np.random.get_state()
+    try:
+        np.random.seed(fold + seed_offset)
+        n = len(anno['images'])
+        chosen = set(np.random.choice(range(n), size=int(percent / 100.0 * n), replace=replace).tolist())
+    finally:
+        np.random.set_state(state)
+    lab_imgs = [im for i, im in enumerate(anno['images']) if i in chosen]
+    unlab_imgs = [im for i, im in enumerate(anno['images']) if i not in chosen]
+    lab_ids = {im['id'] for im in lab_imgs}
+    lab_anns = [a for a in anno['annotations'] if a['image_id'] in lab_ids]
+    unlab_anns = [a for a in anno['annotations'] if a['image_id'] not in lab_ids]
+    out = {}
+    for suffix, imgs, anns in (('', lab_imgs, lab_anns), ('-unlabeled', unlab_imgs, unlab_anns)):
+        name = f'instances_train2017.{fold}@{int(percent)}{suffix}.json'
+        out[name] = json.dumps(dict(images=imgs, annotations=anns, licenses=anno['licenses'],
+                                    categories=anno['categories'], info=anno['info']))
+    return out
+
+
+def small_annotation_file(tmp_path, n=437):
+    coco = make_coco(n)
+    rng = np.random.default_rng(0)
+    coco['images'] = [coco['images'][i] for i in rng.permutation(n)]  # ids not in file order
+    coco['annotations'].append(dict(id=10**6, image_id=-5, category_id=1, bbox=[0, 0, 1, 1], area=1, iscrowd=0))
+    (tmp_path / 'annotations').mkdir()
+    with open(tmp_path / 'annotations' / 'instances_train2017.json', 'w') as f:
+        json.dump(coco, f)
+    return coco
+
+
+@pytest.mark.parametrize('mode,offset', [('published', 0), ('published', 12345), ('stac', 0)])
+def test_published_modes_reproduce_the_reference_scripts_files(tmp_path, mode, offset):
+    coco = small_annotation_file(tmp_path)
+    out = tmp_path / 'out'
+    args = ['--data-root', str(tmp_path), '--out-dir', str(out), '--labeled-percent', '1', '5', '10', '--fold', '5',
+            '--mode', mode, '--seed-offset', str(offset)]
+    assert sc.main(args) == 0
+    expected = {}
+    for fold in range(1, 6):
+        for percent in (1.0, 5.0, 10.0):  # the reference CLI parses --percent as float
+            expected.update(reference_split(coco, fold, percent, offset, replace=mode == 'stac'))
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
+    for name, text in expected.items():
+        got = (out / name).read_text()
+        assert json.loads(got)['images'] == json.loads(text)['images'], name  # same image ids per fold
+        assert got == text, name  # byte-identical file
+    lab = json.loads(expected['instances_train2017.3@10.json'])
+    if mode == 'published':
+        assert len(lab['images']) == int(10 / 100.0 * 437) == 43
+    else:
+        assert len(lab['images']) < 43, 'STAC draws with replacement'
+
+
+def test_published_is_the_default_and_differs_from_ours(tmp_path):
+    small_annotation_file(tmp_path)
+    out = tmp_path / 'default'
+    assert sc.main(['--data-root', str(tmp_path), '--out-dir', str(out), '--labeled-percent', '10', '--fold',
+                    '2']) == 0
+    coco = json.load(open(tmp_path / 'annotations' / 'instances_train2017.json'))
+    assert (out / 'instances_train2017.2@10.json').read_text() == \
+        reference_split(coco, 2, 10.0)['instances_train2017.2@10.json']
+    ours = sc.split_coco(coco, 10, seed=2, mode='ours')[0]
+    assert set(ids(ours)) != set(ids(json.load(open(out / 'instances_train2017.2@10.json'))))
+
+
+def test_published_mode_rejects_empty_or_colliding_splits(tmp_path):
+    with pytest.raises(ValueError, match='= 0 images'):
+        sc.split_coco(make_coco(50), 1, seed=1)  # int(0.5) = 0 labeled images
+    with pytest.raises(ValueError, match='mode must be one of'):
+        sc.split_coco(make_coco(50), 10, seed=1, mode='nope')
+    small_annotation_file(tmp_path)
+    with pytest.raises(ValueError, match='same file names'):
+        sc.split_coco_file(str(tmp_path / 'annotations' / 'instances_train2017.json'), str(tmp_path / 'o'),
+                           percents=(10, 10.5))

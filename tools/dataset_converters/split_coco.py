@@ -7,25 +7,35 @@ For every fold ``f`` in ``1..--fold`` and every labeled percentage ``p`` this wr
     {stem}.{f}@{p}.json            # the labeled images and their annotations
     {stem}.{f}@{p}-unlabeled.json  # all remaining images (annotations kept, for analysis only)
 
-where ``stem`` is the annotation file's name without ``.json`` (``instances_train2017`` by default) and
-``p`` is printed without a trailing ``.0`` (``10`` -> ``10``, ``0.5`` -> ``0.5``), e.g.
-``instances_train2017.1@10.json``.
+where ``stem`` is the annotation file's name without ``.json`` (``instances_train2017`` by default), e.g.
+``instances_train2017.1@10.json``. Fold ``f`` uses ``seed = f + --seed-offset``; both outputs keep the images in
+their original order and ``categories``, ``info`` and ``licenses`` (when present) are copied to both.
 
-Sampling (differs on purpose from ``mmdet/tools/misc/split_coco.py``, which samples *with* replacement
-and therefore labels slightly fewer images than requested):
+``--mode`` picks the sampling (default ``published``):
 
-* ``seed = fold + seed_offset`` and ``rng = numpy.random.default_rng(seed)``;
-* exactly ``k = max(1, round(p / 100 * N))`` distinct image indices are drawn with
-  ``rng.choice(N, k, replace=False)`` (Python's ``round``, i.e. round-half-to-even);
-* both outputs keep the images in their original order; annotations follow their image.
-  ``categories``, ``info`` and ``licenses`` (when present) are copied to both outputs.
-
-Given the same input file, numpy's PCG64 stream makes the splits reproducible across machines.
+* ``published``: the algorithm of SoftTeacher's ``tools/dataset/semi_coco.py`` (microsoft/SoftTeacher, run by its
+  ``prepare_coco_data.sh conduct`` for percent 1/5/10 and folds 1..5; Semi-DETR's README uses the same script),
+  the folds the published COCO-Partial numbers of SoftTeacher / Semi-DETR / Sparse Semi-DETR come from:
+  numpy's legacy global generator seeded with ``fold + seed_offset`` (``RandomState``, MT19937), ``k =
+  int(p / 100.0 * N)`` distinct indices = the first ``k`` of ``permutation(N)`` (what the legacy
+  ``choice(range(N), size=k, replace=False)`` draws), the labeled annotations are those of the labeled images and
+  every other annotation goes to the unlabeled file, ``p`` is written as ``int(p)`` and the JSON as
+  ``json.dump`` writes it (key order images, annotations, licenses, categories, info), so the files are
+  byte-identical to that script's for the same seed. Caveat: ``prepare_coco_data.sh`` passes ``--seed-offset
+  $RANDOM`` (one draw per run, not recorded), so the authors' exact folds need their offset (Semi-DETR publishes
+  its split files); with the default offset 0 this gives the same algorithm's folds 1..5.
+* ``stac``: STAC's ``prepare_datasets/prepare_coco_data.py`` (google-research/ssl_detection, which SoftTeacher
+  says it follows): legacy generator seeded with the fold, ``int(p / 100.0 * N)`` indices drawn *with*
+  replacement (so slightly fewer distinct labeled images, as mmdet's ``tools/misc/split_coco.py``), other
+  details as ``published``.
+* ``ours`` (the default before issue 13): ``numpy.random.default_rng(seed)``, exactly ``k = max(1, round(p / 100 *
+  N))`` distinct images (``rng.choice(N, k, replace=False)``), annotations of unknown images dropped, compact JSON
+  and ``p`` without a trailing ``.0`` (``0.5`` -> ``0.5``; fractional percentages keep distinct names).
 
 Example::
 
     python tools/dataset_converters/split_coco.py --data-root data/coco/ \
-        --labeled-percent 1 5 10 --fold 5
+        --labeled-percent 1 5 10 --fold 5 [--mode published|stac|ours] [--seed-offset N]
 
 Only the standard library and numpy are used, so this runs without torch/mmcv/mmdet.
 """
@@ -43,6 +53,8 @@ CocoDict = Dict[str, Any]
 
 #: Top-level keys copied verbatim (when present) into both outputs of a split.
 COPIED_KEYS = ('info', 'licenses', 'categories')
+#: Sampling modes (see the module docstring); ``published`` = SoftTeacher's semi_coco.py.
+MODES = ('published', 'stac', 'ours')
 
 
 def format_percent(percent: float) -> str:
@@ -69,10 +81,33 @@ def num_labeled(num_images: int, percent: float) -> int:
     return min(num_images, max(1, round(check_percent(percent) / 100.0 * num_images)))
 
 
-def split_names(stem: str, fold: int, percent: float) -> Tuple[str, str]:
-    """File names (labeled, unlabeled) of one split, e.g. ``('instances_train2017.1@10.json', ...)``."""
-    base = f'{stem}.{fold}@{format_percent(percent)}'
+def split_names(stem: str, fold: int, percent: float, mode: str = 'published') -> Tuple[str, str]:
+    """File names (labeled, unlabeled) of one split, e.g. ``('instances_train2017.1@10.json', ...)``; the
+    ``published`` and ``stac`` modes write ``int(percent)`` as their scripts do (``0.5`` -> ``@0``)."""
+    tag = format_percent(percent) if mode == 'ours' else str(int(float(percent)))
+    base = f'{stem}.{fold}@{tag}'
     return f'{base}.json', f'{base}-unlabeled.json'
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+    return mode
+
+
+def labeled_indices(num_images: int, percent: float, seed: int, mode: str = 'published') -> np.ndarray:
+    """Indices (into ``images``) of the labeled images of one split; see the module docstring for each mode."""
+    percent = check_percent(percent)
+    if check_mode(mode) == 'ours':
+        return np.random.default_rng(seed).choice(num_images, num_labeled(num_images, percent), replace=False)
+    k = int(percent / 100.0 * num_images)  # the reference scripts' expression (same float rounding)
+    if k == 0:
+        raise ValueError(f'{percent}% of {num_images} images is int({percent / 100.0 * num_images}) = 0 images in '
+                         f'mode {mode!r}; use a larger percentage or --mode ours')
+    rs = np.random.RandomState(seed)  # the legacy global generator after np.random.seed(seed)
+    if mode == 'published':
+        return rs.permutation(num_images)[:k]  # legacy choice(..., replace=False) without p
+    return rs.randint(0, num_images, size=k)  # stac: legacy choice(...) with replacement, without p
 
 
 def _validate(coco: CocoDict, source: str) -> None:
@@ -97,33 +132,35 @@ def _validate(coco: CocoDict, source: str) -> None:
 def split_coco(coco_dict: CocoDict,
                percent: float,
                seed: int,
-               source: str = '<coco dict>') -> Tuple[CocoDict, CocoDict]:
+               source: str = '<coco dict>',
+               mode: str = 'published') -> Tuple[CocoDict, CocoDict]:
     """Split a COCO annotation dict into a labeled and an unlabeled part.
 
     Args:
         coco_dict: A loaded COCO annotation dict (needs ``images``; ``annotations`` may be absent).
         percent: Percentage of images to label, in ``(0, 100]``.
-        seed: Seed for ``numpy.random.default_rng``; exactly ``max(1, round(percent / 100 * N))``
-            distinct images are drawn with ``rng.choice(N, k, replace=False)``.
+        seed: Seed of the split (``fold + seed_offset``).
         source: Name used in error messages (e.g. the file the dict was loaded from).
+        mode: ``'published'`` (SoftTeacher's semi_coco.py), ``'stac'`` or ``'ours'``; see the module docstring.
 
     Returns:
-        ``(labeled, unlabeled)`` COCO dicts. Images keep their original order, every annotation goes
-        with its image (annotations of unknown images are dropped), and ``info``/``licenses``/
-        ``categories`` are copied (shared references, not deep copies) when present.
+        ``(labeled, unlabeled)`` COCO dicts. Images keep their original order; the labeled part gets the
+        annotations of its images, the unlabeled part those of its images (``ours``) or every other annotation
+        (``published``/``stac``, as their scripts); ``info``/``licenses``/``categories`` are copied (shared
+        references, not deep copies) when present.
 
     Raises:
-        ValueError: ``percent`` outside ``(0, 100]``, or the dict lacks/has malformed ``images``.
+        ValueError: ``percent`` outside ``(0, 100]``, an unknown ``mode``, no labeled image (``published``/
+            ``stac`` with ``int(p / 100 * N) == 0``), or the dict lacks/has malformed ``images``.
     """
     percent = check_percent(percent)
+    check_mode(mode)
     _validate(coco_dict, source)
     images: List[dict] = coco_dict['images']
     annotations: List[dict] = coco_dict.get('annotations', [])
 
     num_images = len(images)
-    k = num_labeled(num_images, percent)
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(num_images, k, replace=False)
+    chosen = labeled_indices(num_images, percent, seed, mode)
     is_labeled = np.zeros(num_images, dtype=bool)
     is_labeled[chosen] = True
 
@@ -132,9 +169,16 @@ def split_coco(coco_dict: CocoDict,
     labeled_ids = {img['id'] for img in labeled_images}
     unlabeled_ids = {img['id'] for img in unlabeled_images}
     labeled_anns = [ann for ann in annotations if ann.get('image_id') in labeled_ids]
-    unlabeled_anns = [ann for ann in annotations if ann.get('image_id') in unlabeled_ids]
+    if mode == 'ours':
+        unlabeled_anns = [ann for ann in annotations if ann.get('image_id') in unlabeled_ids]
+    else:
+        unlabeled_anns = [ann for ann in annotations if ann.get('image_id') not in labeled_ids]
 
     def build(split_images: List[dict], split_anns: List[dict]) -> CocoDict:
+        if mode != 'ours':  # the reference scripts' key order (json.dump keeps it)
+            out = dict(images=split_images, annotations=split_anns)
+            out.update({key: coco_dict[key] for key in ('licenses', 'categories', 'info') if key in coco_dict})
+            return out
         out: CocoDict = {key: coco_dict[key] for key in COPIED_KEYS if key in coco_dict}
         out['images'] = split_images
         out['annotations'] = split_anns
@@ -161,11 +205,12 @@ def load_coco(ann_file: str) -> CocoDict:
     return coco
 
 
-def _dump_json(obj: Any, path: str) -> None:
-    """Write ``obj`` compactly to ``path`` via a temporary file (no half-written outputs)."""
+def _dump_json(obj: Any, path: str, compact: bool = True) -> None:
+    """Write ``obj`` to ``path`` (compactly, or as plain ``json.dump``) via a temporary file (no half-written
+    outputs)."""
     tmp = f'{path}.tmp{os.getpid()}'
     with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(obj, f, separators=(',', ':'))
+        json.dump(obj, f, separators=(',', ':') if compact else None)
     os.replace(tmp, path)
 
 
@@ -174,10 +219,12 @@ def split_coco_file(ann_file: str,
                     percents: Iterable[float] = (1, 2, 5, 10),
                     folds: int = 5,
                     seed_offset: int = 0,
-                    verbose: bool = True) -> List[Tuple[str, str]]:
+                    verbose: bool = True,
+                    mode: str = 'published') -> List[Tuple[str, str]]:
     """Write all COCO-Partial splits of ``ann_file`` into ``out_dir``.
 
-    Folds are numbered ``1..folds``; fold ``f`` uses ``seed = f + seed_offset`` for every percentage.
+    Folds are numbered ``1..folds``; fold ``f`` uses ``seed = f + seed_offset`` for every percentage; ``mode``: see
+    the module docstring.
 
     Returns:
         ``(labeled_path, unlabeled_path)`` for every written split, in fold-major order.
@@ -187,26 +234,31 @@ def split_coco_file(ann_file: str,
         ValueError: a percentage outside ``(0, 100]``, ``folds < 1`` or a malformed annotation file.
     """
     percents = [check_percent(p) for p in percents]  # validate before loading a large file
+    check_mode(mode)
     if not percents:
         raise ValueError('at least one labeled percent is required')
     if folds < 1:
         raise ValueError(f'fold must be >= 1, got {folds}')
-    coco = load_coco(ann_file)
     stem = osp.splitext(osp.basename(ann_file))[0]
+    names = [split_names(stem, 1, p, mode)[0] for p in percents]
+    if len(set(names)) != len(names):
+        raise ValueError(f'labeled percents {percents} give the same file names in mode {mode!r} ({names}); '
+                         'that mode writes int(percent)')
+    coco = load_coco(ann_file)
     os.makedirs(out_dir, exist_ok=True)
 
     written = []
     for fold in range(1, folds + 1):
         seed = fold + seed_offset
         for percent in percents:
-            labeled, unlabeled = split_coco(coco, percent, seed, source=ann_file)
-            lab_name, unlab_name = split_names(stem, fold, percent)
+            labeled, unlabeled = split_coco(coco, percent, seed, source=ann_file, mode=mode)
+            lab_name, unlab_name = split_names(stem, fold, percent, mode)
             lab_path, unlab_path = osp.join(out_dir, lab_name), osp.join(out_dir, unlab_name)
-            _dump_json(labeled, lab_path)
-            _dump_json(unlabeled, unlab_path)
+            _dump_json(labeled, lab_path, compact=mode == 'ours')
+            _dump_json(unlabeled, unlab_path, compact=mode == 'ours')
             written.append((lab_path, unlab_path))
             if verbose:
-                print(f'[fold {fold} | {format_percent(percent)}% | seed {seed}] '
+                print(f'[{mode} | fold {fold} | {format_percent(percent)}% | seed {seed}] '
                       f"labeled: {len(labeled['images'])} images / {len(labeled['annotations'])} anns "
                       f"-> {lab_path}; unlabeled: {len(unlabeled['images'])} images / "
                       f"{len(unlabeled['annotations'])} anns -> {unlab_path}")
@@ -217,8 +269,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(
         description='Split a COCO annotation file into labeled / unlabeled COCO-Partial splits '
-        '(names like instances_train2017.1@10.json; seed = fold + seed-offset, sampling without '
-        'replacement with numpy.random.default_rng).')
+        '(names like instances_train2017.1@10.json; seed = fold + seed-offset; --mode published reproduces '
+        "SoftTeacher's semi_coco.py, the COCO-Partial folds of the published numbers).")
     parser.add_argument('--data-root', default='./data/coco/', help='dataset root (default: %(default)s)')
     parser.add_argument(
         '--ann-file',
@@ -233,6 +285,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help='percentages of labeled images, each in (0, 100] (default: 1 2 5 10)')
     parser.add_argument('--fold', type=int, default=5, help='number of folds, numbered 1..fold (default: 5)')
     parser.add_argument('--seed-offset', type=int, default=0, help='seed = fold + seed-offset (default: 0)')
+    parser.add_argument(
+        '--mode',
+        choices=MODES,
+        default='published',
+        help="published: SoftTeacher's semi_coco.py (legacy np.random.seed, choice without replacement, "
+        "int(p) in names; the folds of the published numbers); stac: STAC's script (with replacement); ours: "
+        'default_rng, exactly round(p/100*N) images (default: %(default)s)')
     return parser.parse_args(argv)
 
 
@@ -242,7 +301,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ann_file = osp.join(args.data_root, args.ann_file)
     out_dir = args.out_dir if args.out_dir is not None else osp.join(args.data_root, 'semi_anns')
     try:
-        split_coco_file(ann_file, out_dir, args.labeled_percent, args.fold, args.seed_offset)
+        split_coco_file(ann_file, out_dir, args.labeled_percent, args.fold, args.seed_offset, mode=args.mode)
     except (FileNotFoundError, ValueError) as e:
         print(f'split_coco.py: error: {e}', file=sys.stderr)
         return 1

@@ -1,13 +1,20 @@
-"""CQ-DINO (vast-vocabulary detection): mmdet's Grounding DINO with learnable, image-selected category queries in
+"""CQ-DINO (vast-vocabulary detection; arXiv 2503.18430 §3: category queries, image-guided top-K selection, the
+detector over the selected categories): mmdet's Grounding DINO with learnable, image-selected category queries in
 place of the BERT text branch."""
+import json
+import logging
+import os.path as osp
 from contextlib import nullcontext
 from typing import Dict, List, Optional, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from mmengine.fileio import list_from_file
+from mmengine.logging import print_log
 from mmengine.structures import InstanceData
 
+from mmdet.models.dense_heads import GroundingDINOHead
 from mmdet.models.detectors import GroundingDINO
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
@@ -15,6 +22,40 @@ from mmdet.utils import ConfigType, OptConfigType
 
 from ...datasets.category_hierarchy import CategoryHierarchy
 from ..layers.activation_checkpoint import checkpoint_module
+
+
+def load_class_names(path: str) -> List[str]:
+    """The class names of a dataset in label order, from the file its dataset class reads them from: a text file,
+    one name per line (V3Det's ``category_name_13204_v3det_2023_v1.txt``, read as mmdet's ``V3DetDataset`` reads it,
+    with ``mmengine.list_from_file``), or a COCO-format JSON (``categories`` sorted by id, mmdet's ``CocoDataset``
+    label order; the order ``tools/misc/make_category_embeddings.py`` writes)."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'class-name file not found: {path} (model.language_model.class_names)')
+    if path.endswith('.json'):
+        with open(path, encoding='utf-8') as f:
+            data = json.load(f)
+        cats = data.get('categories') if isinstance(data, dict) else None
+        if not cats:
+            raise ValueError(f'{path}: no "categories" list (model.language_model.class_names expects a class-name '
+                             'text file or a COCO-format JSON)')
+        return [c['name'] for c in sorted(cats, key=lambda c: c['id'])]
+    return list_from_file(path)  # exactly the dataset's list (mmdet's V3DetDataset reads its label_file so)
+
+
+def resolve_class_names(language_model: ConfigType) -> ConfigType:
+    """The selector config with ``class_names`` as a list: a path (str) is read with :func:`load_class_names`, so that
+    the embedding file's class list is checked name by name against the dataset's (not only its length). Without
+    ``embed_file`` there is nothing to check and a path is not read (the file need not exist then)."""
+    names = language_model.get('class_names')
+    if language_model.get('embed_file') is None:
+        return language_model if not isinstance(names, str) else dict(language_model, class_names=None)
+    if names is None:
+        print_log(f'QVCQDINO: embed_file={language_model["embed_file"]} without language_model.class_names: only the '
+                  'number of classes of the file is checked, not their names and order', 'current', logging.WARNING)
+        return language_model
+    if isinstance(names, str):
+        return dict(language_model, class_names=load_class_names(names))
+    return language_model
 
 
 @MODELS.register_module()
@@ -31,11 +72,14 @@ class QVCQDINO(GroundingDINO):
 
     Args:
         language_model (dict): Config of :class:`QVCategoryQuerySelector`; its ``topk`` must equal the head's
-            ``contrastive_cfg.max_text_len``.
+            ``contrastive_cfg.max_text_len``. Its ``class_names`` (a list, or the path of the dataset's class-name
+            file: a text file, one name per line, or a COCO JSON; see :func:`load_class_names`) is checked name by
+            name against the ``embed_file``'s class list (error naming the file and the first differing index).
         selector_loss (dict): Loss of the selector logits. Defaults to CQ-DINO's V3Det ASL
             (gamma_neg 7, gamma_pos 0, clip 0.05, sum).
-        hierarchy (dict, optional): ``dict(tree_file=..., category_ids=None)`` for the parent mask of the selector
-            loss (category ids default to 1..C).
+        hierarchy (dict, optional): ``dict(tree_file=..., category_ids=None, root=None, strict=False)`` for the
+            parent mask of the selector loss (category ids default to 1..C; ``root`` / ``strict``: see
+            :meth:`CategoryHierarchy.from_v3det_tree`).
         text_self_attention (bool): Keep Grounding DINO's text self-attention layers in the encoder. CQ-DINO has
             none (the K category tokens do not attend to each other there). Defaults to False.
         selector_only (bool): Stage-1 pre-training "to establish category recall": only the backbone and the
@@ -51,6 +95,9 @@ class QVCQDINO(GroundingDINO):
             autocast (``--amp``: :class:`QVAmpOptimWrapper` / ``AmpOptimWrapper`` autocast the whole forward,
             feature path included). Defaults to False.
         autocast_dtype (str): ``'float16'`` (official) or ``'bfloat16'``.
+        vectorised_slot_scores (bool): Build a ``GroundingDINOHead`` bbox head as :class:`QVCQDINOHead` (same
+            parameters and losses; converts the K slot scores to class scores in one tensor operation instead of
+            mmdet's Python loop over the slots, same numbers). Defaults to True.
         encoder.num_cp (int): Activation checkpointing of the first ``num_cp`` encoder layers (fusion and
             deformable layer) with ``torch.utils.checkpoint`` (fairscale not needed; official: 6).
         Others: see :class:`mmdet.models.GroundingDINO`.
@@ -67,9 +114,13 @@ class QVCQDINO(GroundingDINO):
                  selector_only: bool = False,
                  use_autocast: bool = False,
                  autocast_dtype: str = 'float16',
+                 vectorised_slot_scores: bool = True,
                  **kwargs) -> None:
         self._text_self_attention = text_self_attention
-        super().__init__(language_model, *args, **kwargs)
+        head = kwargs.get('bbox_head')
+        if vectorised_slot_scores and head is not None and head.get('type') in ('GroundingDINOHead', GroundingDINOHead):
+            kwargs['bbox_head'] = dict(head, type='QVCQDINOHead')
+        super().__init__(resolve_class_names(language_model), *args, **kwargs)
         self.use_autocast = use_autocast
         if autocast_dtype not in ('float16', 'bfloat16'):
             raise ValueError(f"QVCQDINO: autocast_dtype must be 'float16' or 'bfloat16', got {autocast_dtype!r}")
@@ -89,7 +140,8 @@ class QVCQDINO(GroundingDINO):
         self.hierarchy = None
         if hierarchy is not None:
             ids = hierarchy.get('category_ids') or list(range(1, self.language_model.num_classes + 1))
-            self.hierarchy = CategoryHierarchy.from_v3det_tree(hierarchy['tree_file'], ids)
+            self.hierarchy = CategoryHierarchy.from_v3det_tree(
+                hierarchy['tree_file'], ids, root=hierarchy.get('root'), strict=hierarchy.get('strict', False))
 
     def _init_layers(self) -> None:
         # mmdet's encoder would wrap its first num_cp layers with fairscale; we checkpoint them with torch instead
@@ -166,17 +218,19 @@ class QVCQDINO(GroundingDINO):
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Union[dict, list]:
         gt_labels = [s.gt_instances.labels for s in batch_data_samples]
         if self.selector_only:
-            logits = self.language_model(self._features(batch_inputs, use_neck=False)[0])['logits']
+            logits = self.language_model(self._features(batch_inputs, use_neck=False)[0], return_tokens=False)['logits']
             return self._selector_losses(logits, logits.detach().topk(self.language_model.topk, 1).indices, gt_labels)
         c5, feats = self._features(batch_inputs)
-        sel = self.language_model(c5)
-        picked = self.language_model.select(sel['logits'], sel['tokens'], gt_labels if self.training else None)
+        # chunked scoring + top-K in one pass (the B x C x D tokens of all categories are never held)
+        sel = picked = self.language_model.forward_select(c5, gt_labels if self.training else None)
         k = picked['indices'].size(1)
         samples = []
         for sample, labels, idx in zip(batch_data_samples, gt_labels, picked['indices']):
             local = self.language_model.local_labels(labels, idx)
+            # ``clone`` is shallow (the copy would share ``gt_instances`` with the caller): give the copy its own
+            # InstanceData so that the slot labels / positive maps below never reach the caller's sample
             new = sample.clone()
-            gt = new.gt_instances
+            new.gt_instances = gt = sample.gt_instances.clone()
             positive = labels.new_zeros((len(labels), k), dtype=torch.float)
             hit = local >= 0
             positive[hit.nonzero().flatten(), local[hit]] = 1
@@ -193,7 +247,7 @@ class QVCQDINO(GroundingDINO):
     # ------------------------------------------------------------------ inference
     def predict(self, batch_inputs: Tensor, batch_data_samples: SampleList, rescale: bool = True) -> SampleList:
         if self.selector_only:
-            logits = self.language_model(self._features(batch_inputs, use_neck=False)[0])['logits']
+            logits = self.language_model(self._features(batch_inputs, use_neck=False)[0], return_tokens=False)['logits']
             scores, indices = logits.sigmoid().topk(self.language_model.topk, dim=1)
             for sample, idx, sc in zip(batch_data_samples, indices, scores):
                 sample.pred_instances = InstanceData(
@@ -201,8 +255,7 @@ class QVCQDINO(GroundingDINO):
                 sample.selected_categories, sample.selector_scores = idx, sc
             return batch_data_samples
         c5, feats = self._features(batch_inputs)
-        sel = self.language_model(c5)
-        picked = self.language_model.select(sel['logits'], sel['tokens'])
+        sel = picked = self.language_model.forward_select(c5)
         k = picked['indices'].size(1)
         slot_map = {i + 1: [i] for i in range(k)}  # class i <-> slot i (GroundingDINOHead's 1-based convention)
         for sample in batch_data_samples:

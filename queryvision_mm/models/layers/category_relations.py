@@ -27,6 +27,9 @@ class QVTreeAggregator(nn.Module):
         tree_file (str, optional): V3Det category-tree JSON, used with ``category_ids`` when ``hierarchy`` is None.
         category_ids (Sequence[int], optional): Category ids in label order; default ``1..num_classes``.
         num_classes (int, optional): Checked against the hierarchy (and used for the default ids).
+        root (str, optional), strict (bool): For ``tree_file``, see :meth:`CategoryHierarchy.from_v3det_tree`
+            (default: the top-level node reaching the most categories; categories outside the tree are kept and
+            counted in a warning, ``strict=True`` raises instead).
         w_min, w_span, max_count, max_level: See above.
     """
 
@@ -35,6 +38,8 @@ class QVTreeAggregator(nn.Module):
                  tree_file: Optional[str] = None,
                  category_ids: Optional[Sequence[int]] = None,
                  num_classes: Optional[int] = None,
+                 root: Optional[str] = None,
+                 strict: bool = False,
                  w_min: float = 0.4,
                  w_span: float = 0.4,
                  max_count: int = 13204,
@@ -47,7 +52,7 @@ class QVTreeAggregator(nn.Module):
                 if num_classes is None:
                     raise ValueError('QVTreeAggregator: tree_file needs category_ids or num_classes')
                 category_ids = range(1, num_classes + 1)
-            hierarchy = CategoryHierarchy.from_v3det_tree(tree_file, list(category_ids))
+            hierarchy = CategoryHierarchy.from_v3det_tree(tree_file, list(category_ids), root=root, strict=strict)
         if num_classes is not None and hierarchy.num_classes != num_classes:
             raise ValueError(f'QVTreeAggregator: the hierarchy ({hierarchy.source}) has {hierarchy.num_classes} '
                              f'categories, the model {num_classes}')

@@ -138,7 +138,14 @@ def category_side_files(cfg, ctx: RehearsalContext) -> None:
             write_v3det_tree(ctx, tree_file, num_classes)
         embed_file = lm.get('embed_file')
         if embed_file:
-            names = ctx.extra.get('class_names')
+            # the names the model checks the file against (language_model.class_names: a list, or the dataset's
+            # class-name file the data writers wrote), else the data writers' classes
+            names, given = ctx.extra.get('class_names'), lm.get('class_names')
+            if isinstance(given, (list, tuple)):
+                names = list(given)
+            elif isinstance(given, str) and osp.isfile(ctx.path(given)):
+                from queryvision_mm.models.detectors.cq_dino import load_class_names
+                names = load_class_names(ctx.path(given))
             if names is None or len(names) != num_classes:
                 raise ValueError(f'rehearsal: embed_file {embed_file} needs the dataset classes ({num_classes}); '
                                  f'the data writers found {None if names is None else len(names)}')
