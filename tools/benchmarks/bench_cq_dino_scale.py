@@ -1,17 +1,24 @@
 """Vocabulary scaling: memory and time of CQ-DINO (category queries + top-K contrast) vs mmdet's dense DINO head.
 
-    python tools/benchmarks/bench_cq_dino_scale.py [--classes 80 1203 13204 50000 200000] [--modes infer train]
-        [--size 320] [--device cpu|cuda] [--mem-limit-gb 18] [--write docs/benchmarks.md]
+    python tools/benchmarks/bench_cq_dino_scale.py [--classes 1203 13204 50000 200000] [--modes infer train]
+        [--size 320 | --image-size 800 1333] [--encoder-layers 6] [--chunk-size 1024] [--dtype fp32|bf16|fp16]
+        [--device cpu|cuda] [--mem-limit-gb 18] [--write docs/benchmarks.md]
 
-One shrunk detector body for both (ResNet-18, 1 encoder + 6 decoder layers, 900 queries, 4 levels, one
-``--size``² image with 10 boxes), so that only the classification path differs:
+    # honest scale (the lead's run; GPU): real encoder depth, an 800x1333 image, C up to 200,000
+    python tools/benchmarks/bench_cq_dino_scale.py --device cuda --image-size 800 1333 --encoder-layers 6 \
+        --classes 1203 13204 50000 200000
+
+One detector body for both (ResNet-18, ``--encoder-layers`` encoder (default 6, the real depth) + 6 decoder layers,
+900 queries, 4 levels, one ``--image-size`` H W image (``--size`` S = S x S) with 10 boxes), so that only the
+classification path differs:
 
 * ``dino``: mmdet's ``DINO`` + ``DINOHead`` with ``num_classes = C`` (7 unshared Linear(256, C) classifiers, a
   C-entry denoising label embedding, focal loss and Hungarian costs over C classes, two-stage proposals scored over
   C classes for every encoder token);
 * ``cq_dino``: ``QVCQDINO`` from ``configs/cq_dino/v3det_r50.py`` with the official selector (768-d category table,
   2 cross-attention layers, 4 heads, FFN 3072), K = 100 selected categories, no relation module (the tree is linear in
-  C and data-dependent), contrastive head over the K tokens.
+  C and data-dependent), contrastive head over the K tokens; selector ``--chunk-size`` categories per chunk (0 = all at
+  once, the one-pass selector) and ``--dtype`` (bf16 / fp16: the selector's own autocast; CPU: bf16 only).
 
 Every (model, C, mode) runs in a fresh subprocess of this one invocation (so peaks do not hide each other), under
 an address-space limit so that a model that does not fit reports "out of memory" instead of swapping the machine.
@@ -38,10 +45,16 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--classes', type=int, nargs='+', default=[80, 1203, 13204, 50000, 200000])
     p.add_argument('--modes', nargs='+', default=['infer', 'train'], choices=['infer', 'train'])
-    p.add_argument('--size', type=int, default=320)
+    p.add_argument('--size', type=int, default=320, help='square image side (ignored with --image-size)')
+    p.add_argument('--image-size', type=int, nargs=2, metavar=('H', 'W'), default=None)
+    p.add_argument('--encoder-layers', type=int, default=6, help='encoder depth (real models: 6)')
+    p.add_argument('--chunk-size', type=int, default=1024, help='CQ-DINO selector chunk (0: all categories at once)')
+    p.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16', 'fp16'], help='CQ-DINO selector precision')
     p.add_argument('--num-queries', type=int, default=900)
     p.add_argument('--topk', type=int, default=100)
     p.add_argument('--device', default='cpu')
+    p.add_argument('--models', nargs='+', default=list(MODELS_), choices=list(MODELS_),
+                   help='both (default) for the ratios; one for a quick check')
     p.add_argument('--mem-limit-gb', type=float, default=None,
                    help='address-space limit per run (CPU; default: 80 %% of MemAvailable)')
     p.add_argument('--write', default=None, help='markdown file to update (section "cq_dino_scale")')
@@ -72,10 +85,13 @@ def build(model_name, num_classes, args):
                                 embed_file=None)
         m.hierarchy = None
         m.bbox_head.contrastive_cfg.max_text_len = k
+        m.language_model.update(chunk_size=args.chunk_size or None,
+                                autocast_dtype=dict(fp32=None, bf16='bfloat16', fp16='float16')[args.dtype])
+        m.encoder.num_cp = min(m.encoder.get('num_cp', 0), args.encoder_layers)
     m.num_queries = args.num_queries
     m.backbone.update(depth=18, init_cfg=None)
     m.neck.in_channels = [128, 256, 512]
-    m.encoder.num_layers = 1
+    m.encoder.num_layers = args.encoder_layers
     m.decoder.num_layers = 6
     m.test_cfg = dict(max_per_img=300)
     model = MODELS.build(m)
@@ -100,7 +116,7 @@ def run_child(args):
     try:
         model = build(model_name, num_classes, args).to(dev)
         out['params'] = sum(p.numel() for p in model.parameters())
-        data = demo_mm_inputs(1, [[3, args.size, args.size]], num_items=[10], num_classes=num_classes)
+        data = demo_mm_inputs(1, [[3, *_hw(args)]], num_items=[10], num_classes=num_classes)
         data = model.data_preprocessor(data, mode == 'train')
         if dev.type == 'cuda':
             torch.cuda.synchronize()
@@ -141,6 +157,16 @@ def run_child(args):
     print('BENCH_JSON ' + json.dumps(out), flush=True)
 
 
+def _hw(args):
+    return tuple(args.image_size) if args.image_size else (args.size, args.size)
+
+
+def _child_args(args):
+    return (['--size', str(args.size), '--num-queries', str(args.num_queries), '--topk', str(args.topk), '--device',
+             args.device, '--encoder-layers', str(args.encoder_layers), '--chunk-size', str(args.chunk_size),
+             '--dtype', args.dtype] + (['--image-size', *map(str, args.image_size)] if args.image_size else []))
+
+
 def _limit(args):
     if args.device != 'cpu':
         return None
@@ -164,9 +190,8 @@ def main():
     results = {}
     for mode in args.modes:
         for c in args.classes:
-            for name in MODELS_:
-                cmd = [sys.executable, __file__, '--child', name, str(c), mode, '--size', str(args.size),
-                       '--num-queries', str(args.num_queries), '--topk', str(args.topk), '--device', args.device]
+            for name in args.models:
+                cmd = [sys.executable, __file__, '--child', name, str(c), mode] + _child_args(args)
                 t = time.time()
                 proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, preexec_fn=set_limit)
                 line = [ln for ln in proc.stdout.splitlines() if ln.startswith('BENCH_JSON ')]
@@ -187,6 +212,10 @@ def main():
         write_section(args.write, 'cq_dino_scale', table)
 
 
+def _ratio(a, b, key):
+    return f'{a[key] / b[key]:.2f}x' if a.get(key) and b.get(key) else '-'
+
+
 def report(results, args, limit):
     import torch
     cs = sorted(args.classes)
@@ -204,9 +233,10 @@ def report(results, args, limit):
     mem_kind = 'CUDA max_memory_allocated growth' if args.device != 'cpu' else 'peak RSS growth over the imports'
     lines = [
         f'Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, device `{args.device}`, '
-        f'torch {torch.__version__}. One shrunk body (ResNet-18, 1 encoder + 6 decoder layers, '
-        f'{args.num_queries} queries), one {args.size}x{args.size} image with 10 boxes; CQ-DINO with the official '
-        f'selector (768-d, 2 layers, FFN 3072), K = {args.topk} (K = C below that), no relation module. '
+        f'torch {torch.__version__}. One body (ResNet-18, {args.encoder_layers} encoder + 6 decoder layers, '
+        f'{args.num_queries} queries), one {_hw(args)[0]}x{_hw(args)[1]} image with 10 boxes; CQ-DINO with the '
+        f'official selector (768-d, 2 layers, FFN 3072), K = {args.topk} (K = C below that), no relation module, '
+        f'selector chunk {args.chunk_size or "none (one pass)"}, selector precision {args.dtype}. '
         f'Memory: {mem_kind}'
         + (f', address space limited to {limit / 2**30:.1f} GiB per run' if limit else '') +
         '. Bytes per category = slope of the peak between '
@@ -214,29 +244,32 @@ def report(results, args, limit):
     for mode in args.modes:
         lines += [f'**{mode}** ({"predict, no gradients" if mode == "infer" else "loss + backward"})', '',
                   '| C | CQ-DINO params | DINO params | CQ-DINO peak (MB) | DINO peak (MB) | CQ-DINO B/category | '
-                  'DINO B/category | CQ-DINO step (s) | DINO step (s) |',
-                  '|---|---|---|---|---|---|---|---|---|']
+                  'DINO B/category | CQ-DINO step (s) | DINO step (s) | CQ / DINO bytes per category | '
+                  'CQ / DINO step |',
+                  '|---|---|---|---|---|---|---|---|---|---|---|']
         for c in cs:
-            cq, dn = results[('cq_dino', c, mode)], results[('dino', c, mode)]
+            cq, dn = results.get(('cq_dino', c, mode), {}), results.get(('dino', c, mode), {})
             pq, pd = per_cat('cq_dino', c, mode), per_cat('dino', c, mode)
             lines.append(
                 f"| {c:,} | {cell(cq, 'params', '{:,}')} | {cell(dn, 'params', '{:,}')} | "
                 f"{cell(cq, 'peak_mb', '{:.0f}')} | {cell(dn, 'peak_mb', '{:.0f}')} | "
                 f"{'-' if pq is None else f'{pq / 1024:.1f} K'} | {'-' if pd is None else f'{pd / 1024:.1f} K'} | "
-                f"{cell(cq, 'step_s', '{:.2f}')} | {cell(dn, 'step_s', '{:.2f}')} |")
+                f"{cell(cq, 'step_s', '{:.2f}')} | {cell(dn, 'step_s', '{:.2f}')} | "
+                f"{'-' if not (pq and pd) else f'{pq / pd:.2f}x'} | {_ratio(cq, dn, 'step_s')} |")
         if 13204 in cs:
             pq, pd = per_cat('cq_dino', 13204, mode), per_cat('dino', 13204, mode)
-            cq, dn = results[('cq_dino', 13204, mode)], results[('dino', 13204, mode)]
+            cq, dn = results.get(('cq_dino', 13204, mode), {}), results.get(('dino', 13204, mode), {})
             if pq and pd and cq['status'] == dn['status'] == 'ok':
                 lines += ['', f'At C = 13,204 ({mode}): CQ-DINO / DINO bytes per category **{pq / pd:.2f}x**, '
                           f"peak memory {cq['peak_mb'] / dn['peak_mb']:.2f}x, step time "
                           f"{cq['step_s'] / dn['step_s']:.2f}x."]
         lines.append('')
-    cmax = max([c for c in cs if all(results[(n, c, args.modes[0])].get('params') for n in MODELS_)] or [c0])
+    cmax = max([c for c in cs if all(results.get((n, c, args.modes[0]), {}).get('params') for n in args.models)]
+               or [c0])
     if cmax > c0:
         lines.append('Parameters per category (slope): ' + ', '.join(
             f"{n} {(results[(n, cmax, args.modes[0])]['params'] - results[(n, c0, args.modes[0])]['params']) / (cmax - c0):.0f}"
-            for n in MODELS_) + '.')
+            for n in args.models) + '.')
     return '\n'.join(lines).rstrip()
 
 
