@@ -37,7 +37,8 @@ train_pipeline = [
     dict(type='QVLoadImageFromFile'),  # skips (and names) a rare unreadable image; stops above 0.1 % of the loads
     dict(type='ResizeEdge', scale=224, edge='short', backend='pillow', interpolation='bicubic'),
     dict(type='CenterCrop', crop_size=224),
-    dict(type='Cutout', shape=112, pad_val=128, prob=0.5),  # official: half-size square, random fill colour
+    # official CutoutPIL(cutout_factor=0.5) (QKS lib/cutout.py, from ASL): always, 113 px square at 224, random colour
+    dict(type='QVCutoutPIL', size_factor=0.5, pad_val='random', prob=1.0),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='RandAugment', policies='timm_increasing', num_policies=2, total_level=10, magnitude_level=9,
          hparams=dict(pad_val=[104, 116, 124], interpolation='bicubic')),
@@ -56,7 +57,10 @@ train_dataloader = dict(
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(type=dataset_type, ann_file=data_root + 'annotations/train.json', data_prefix=img_root,
-                 seen_only=True, pipeline=train_pipeline))
+                 seen_only=True, pipeline=train_pipeline,
+                 # official loader (lib/dataset.py) drops images without a seen positive (Open Images keeps images
+                 # with annotated negatives only in its training file; NUS-WIDE's converter already drops them)
+                 filter_cfg=dict(filter_empty_gt=True)))
 eval_loader = dict(batch_size=32, num_workers=8, persistent_workers=True,
                    sampler=dict(type='DefaultSampler', shuffle=False))
 val_dataloader = dict(
@@ -82,4 +86,7 @@ test_cfg = dict()
 default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2, save_best='seen/score',
                                      rule='greater'))
 randomness = dict(seed=0)
+# fail before training / testing when the head's label bank (embed_file, num_seen), the annotation files' metainfo
+# and the evaluators' num_seen / negatives disagree (e.g. the Open Images converter merged MIDs sharing a name)
+custom_hooks = [dict(type='QVZSLConsistencyHook')]
 auto_scale_lr = dict(base_batch_size=64)

@@ -7,6 +7,8 @@ _base_ = './nuswide_vitb16.py'
 data_root = 'data/openimages/'
 img_root = 'datasets/OpenImages/'
 label_file = data_root + 'label_embeddings_qks_pool.safetensors'
+# the trainable MIDs; the converter merges MIDs sharing a name (it warns and records metainfo.merged_mids): then use
+# its num_seen here; QVZSLConsistencyHook stops training / testing on any mismatch with the annotation files
 num_seen = 7186
 topk = (10, 20)
 

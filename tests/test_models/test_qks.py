@@ -137,9 +137,78 @@ def test_unseen_label_in_training_is_an_error(assets):
 def test_predict_scores_seen_and_unseen(assets):
     model = build(assets)
     model.eval()
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        out = model.predict(torch.randn(2, 3, 32, 32), samples([[0], [4]]))
-    assert out[0].pred_score.shape == (5, ) and ((out[0].pred_score >= 0) & (out[0].pred_score <= 1)).all()
+        out = model.predict(x, samples([[0], [4]]))
+        logits = model.head(model.neck(model.backbone(x)))
+    assert out[0].pred_score.shape == (5, )
+    # pred_score = the raw logits (order-preserving), pred_label = the top-1 label, the head's num_seen travels along
+    torch.testing.assert_close(torch.stack([o.pred_score for o in out]), logits)
+    assert [int(o.pred_label[0]) for o in out] == logits.argmax(1).tolist() and out[0].num_seen == len(SEEN)
+    model.head.pred_score_mode = 'sigmoid'  # mmpretrain's behaviour, still available
+    with torch.no_grad():
+        out = model.predict(x, samples([[0], [4]]))
+    torch.testing.assert_close(out[0].pred_score, torch.sigmoid(logits[0]))
+    with pytest.raises(ValueError, match='pred_score_mode'):
+        build_head = dict(type='QVQKSHead', embed_file=assets[2], num_seen=3, in_dims=64, out_dims=32,
+                          pred_score_mode='prob')
+        MODELS.build(build_head)
+
+
+def _orthonormal_bank(head, dims, seed):
+    """Replace the zero-shot head's projection by the identity and its label bank by orthonormal directions (random
+    norms: the head normalises), so that an image feature with coordinates a_c along them has cosine a_c."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(dims, dims, generator=g))
+    n = head.label_embed.size(0)
+    head.label_embed = q[:, :n].t() * (1 + 5 * torch.rand(n, 1, generator=g))
+    head.proj = torch.eye(dims)
+    return q
+
+
+def test_zero_shot_ranking_follows_the_raw_cosines(assets):
+    """Issue 13.6: with cosines in [0.2, 0.35], sigmoid(100 cos) is exactly 1.0 in float32, so every label tied and
+    mAP / F1@K followed the column order; the metric must rank exactly as the raw cosines (official clip_eval.py)."""
+    from queryvision_mm.evaluation.metrics import QVZSLMultiLabelMetric
+    model = build(assets, head='QVCLIPZeroShotHead', neck=False)
+    head = model.head.eval()
+    dims, n_img, n_lab = 32, 40, len(SEEN + UNSEEN)
+    q = _orthonormal_bank(head, dims, seed=3)
+    g = torch.Generator().manual_seed(4)
+    cos = 0.2 + 0.15 * torch.rand(n_img, n_lab, generator=g)
+    rest = torch.sqrt(1 - (cos**2).sum(1, keepdim=True)) * q[:, n_lab].unsqueeze(0)  # orthogonal remainder
+    feats = (cos @ q[:, :n_lab].t() + rest).unsqueeze(1).repeat(1, 3, 1)  # (B, tokens, dims); token 0 is used
+    targets = (torch.rand(n_img, n_lab, generator=g) < 0.4)
+    targets[torch.arange(n_img), torch.randint(0, len(SEEN), (n_img, ), generator=g)] = True
+    targets[torch.arange(n_img), torch.randint(len(SEEN), n_lab, (n_img, ), generator=g)] = True
+    labels = [torch.nonzero(t).flatten().tolist() for t in targets]
+    with torch.no_grad():
+        preds = head.predict((feats, ), samples(labels))
+    with torch.no_grad():
+        assert torch.allclose(head((feats, )) / 100, cos, atol=1e-5), 'cosines in [0.2, 0.35] as intended'
+
+    def metric_on(rows):
+        m = QVZSLMultiLabelMetric(num_seen=len(SEEN), topk=(1, 2), splits=('seen', 'zsl', 'gzsl'))
+        m.process({}, rows)
+        return m.compute_metrics(m.results)
+
+    ours = metric_on([p.to_dict() for p in preds])
+    reference = metric_on([dict(pred_score=c.double(), gt_label=torch.tensor(lb)) for c, lb in zip(cos, labels)])
+    assert ours == pytest.approx(reference)  # mAP, P/R/F1@K of every split as ranked by the raw cosines
+    scores = torch.stack([p.pred_score for p in preds])
+    assert all(len(set(s.tolist())) == n_lab for s in scores), 'no ties'
+    assert torch.equal(scores.argsort(1, descending=True), cos.argsort(1, descending=True))
+    assert [int(p.pred_label[0]) for p in preds] == cos.argmax(1).tolist()
+
+
+def test_qks_logits_keep_their_order_when_large(assets):
+    """QKS logits are unbounded dot products (CLIP text norms ~8-10): pred_score keeps every order (float32 sigmoid
+    would tie all logits above ~17)."""
+    head = build(assets).head.eval()
+    logits = torch.linspace(18.0, 60.0, 5)[torch.tensor([3, 0, 4, 1, 2])].unsqueeze(0)
+    pred = head._get_predictions(logits, None)[0]
+    assert torch.equal(pred.pred_score.argsort(descending=True), logits[0].argsort(descending=True))
+    assert int(pred.pred_label[0]) == 2
 
 
 def test_zero_shot_head_equals_open_clip(assets):

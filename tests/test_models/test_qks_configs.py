@@ -148,3 +148,92 @@ def test_tools_auto_scale_lr_and_show_dir(tiny_setup, tmp_path):
     pictures = sorted(glob.glob(osp.join(test_work, '*', 'vis', '*.png')))
     assert [osp.basename(p).split('.')[0] for p in pictures] == ['6', '7'], out[-2000:]
     assert 'zsl/mAP' in out
+
+
+def test_official_train_data_rules():
+    """Issue 13.8: the official loader drops training images without a seen positive and applies CutoutPIL(0.5)
+    always with a random colour; the configs say so (both datasets share the NUS-WIDE training pipeline)."""
+    for name in ('nuswide_vitb16', 'openimages_vitb16'):
+        cfg = load(name)
+        assert cfg.train_dataloader.dataset.filter_cfg == dict(filter_empty_gt=True)
+        cut = [t for t in cfg.train_dataloader.dataset.pipeline if 'Cutout' in t['type']]
+        assert len(cut) == 1 and cut[0].get('prob', 1.0) == 1.0 and cut[0].get('pad_val') == 'random'
+        assert any(h['type'] == 'QVZSLConsistencyHook' for h in cfg.custom_hooks)
+
+
+def test_train_cutout_matches_cutout_pil():
+    """The shipped training Cutout: applied to every image, one hole of int(0.5 * 224 + 0.5) // 2 * 2 + 1 = 113
+    pixels a side (PIL's rectangle includes both corners), shrunk (not moved) at the borders, one random colour per
+    image (the official CutoutPIL; mmpretrain's Cutout(prob=0.5, pad_val=128) left half the images untouched)."""
+    from mmpretrain.registry import TRANSFORMS
+    from mmengine.registry import init_default_scope
+    from PIL import ImageDraw
+    init_default_scope('mmpretrain')
+    import queryvision_mm  # noqa: F401
+    cut = next(t for t in load('nuswide_vitb16').train_pipeline if 'Cutout' in t['type'])
+    transform = TRANSFORMS.build(cut)
+    np.random.seed(0)
+    base = np.random.randint(0, 256, (224, 224, 3), dtype=np.uint8)
+    colours, sides = set(), []
+    for _ in range(60):
+        out = transform(dict(img=base.copy()))['img']
+        changed = (out != base).any(-1)
+        assert changed.any(), 'Cutout applied to every image'
+        rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+        r0, r1, c0, c1 = rows[0], rows[-1], cols[0], cols[-1]
+        box = out[r0:r1 + 1, c0:c1 + 1].reshape(-1, 3)
+        assert (box == box[0]).all(), 'one colour fills the whole rectangle'
+        colours.add(tuple(box[0]))
+        # the same hole drawn by PIL around a centre consistent with the box
+        yc = r0 + 56 if r0 > 0 else r1 - 56
+        xc = c0 + 56 if c0 > 0 else c1 - 56
+        ref = Image.fromarray(base.copy())
+        ImageDraw.Draw(ref).rectangle([max(0, xc - 56), max(0, yc - 56), min(224, xc + 56), min(224, yc + 56)],
+                                      fill=tuple(int(v) for v in box[0]))
+        np.testing.assert_array_equal(np.asarray(ref), out)
+        sides += [r1 - r0 + 1, c1 - c0 + 1]
+    assert max(sides) == 113 and len(colours) > 50
+
+
+def test_label_set_mismatch_stops_training_and_testing(tiny_setup):
+    """Issue 13.7: a head with num_seen=4 on a file with 3 seen labels trained the unseen 'cat' as a seen label
+    (always negative) without a word; an evaluator with num_seen=2 split ZSL/GZSL at the wrong column; an embedding
+    file in another label order scored the wrong labels. Each now stops naming the config field and the file."""
+    from mmengine.runner import Runner
+    from queryvision_mm.utils.text_embeddings import load_class_embeddings, save_class_embeddings
+    root, name = tiny_setup
+    cfg = shrink(load('nuswide_vitb16'), root, name, 'pool.safetensors')
+    cfg.model.head.num_seen = 4
+    cfg.work_dir = str(root / 'work_mismatch_train')
+    with pytest.raises(ValueError, match=r'model.head.num_seen=4 but .*train.json has metainfo.num_seen=3'):
+        Runner.from_cfg(cfg).train()
+
+    cfg = shrink(load('zeroshot_clip_nuswide'), root, name, 'scene.safetensors')
+    cfg.test_evaluator.num_seen = 2
+    cfg.work_dir = str(root / 'work_mismatch_test')
+    with pytest.raises(ValueError, match=r'test_evaluator.num_seen=2 but .*test.json has metainfo.num_seen=3'):
+        Runner.from_cfg(cfg).test()
+
+    emb, names, _ = load_class_embeddings(str(root / 'scene.safetensors'))
+    order = [1, 0, 2, 3, 4]
+    save_class_embeddings(str(root / 'swapped.safetensors'), emb[order], [names[i] for i in order])
+    cfg = shrink(load('zeroshot_clip_nuswide'), root, name, 'swapped.safetensors')
+    cfg.work_dir = str(root / 'work_mismatch_names')
+    with pytest.raises(ValueError, match=r"swapped.safetensors holds 5 labels, .*test.json has 5 classes; first "
+                                         r"difference at index 0: 'water' vs 'sky'"):
+        Runner.from_cfg(cfg).test()
+
+
+def test_zero_shot_inferencer_ranks_by_raw_cosine(tiny_setup):
+    """mmpretrain's ImageClassificationInferencer on the zero-shot config: pred_label = argmax of pred_scores, which
+    are the raw 100 * cosine scores (a float32 sigmoid would tie them and make the argmax the first column)."""
+    from mmpretrain.apis import ImageClassificationInferencer
+    root, name = tiny_setup
+    cfg = shrink(load('zeroshot_clip_nuswide'), root, name, 'scene.safetensors')
+    # the inferencer loads images itself and strips only mmpretrain's own 'LoadImageFromFile' from the pipeline
+    cfg.test_dataloader.dataset.pipeline[0] = dict(type='LoadImageFromFile')
+    inferencer = ImageClassificationInferencer(cfg, pretrained=False, classes=SEEN + UNSEEN)
+    res = inferencer(str(root / 'img' / '6.jpg'))[0]
+    assert res['pred_scores'].shape == (5, ) and np.abs(res['pred_scores']).max() <= 100
+    assert res['pred_label'] == int(np.argmax(res['pred_scores'])) and res['pred_class'] in SEEN + UNSEEN
+    assert res['pred_score'] == pytest.approx(float(res['pred_scores'].max()))

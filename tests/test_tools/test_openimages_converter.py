@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
+from mmengine.config import Config
 
 from conftest import REPO, load_module_from_path
 
@@ -45,13 +46,13 @@ def test_conversion(tmp_path):
     raw, out = tmp_path / 'OpenImages', tmp_path / 'out'
     make_raw(raw)
     stats = tool.convert(str(raw), str(out), val_fraction=0.0)
-    assert stats == dict(num_seen=3, num_unseen=2, merged_names=0, train=3, val=0, test=2, conflicting_dropped=1,
-                         missing=0)
+    assert stats == dict(num_seen=3, num_unseen=2, merged_names=0, merged_mids=0, train=3, val=0, test=2,
+                         conflicting_dropped=1, missing=0, train_without_positive=1)
     assert (out / 'labels_seen.txt').read_text().splitlines() == ['apple', 'cat, domestic', 'dog']
     assert (out / 'labels_unseen.txt').read_text().splitlines() == ['bird', 'zebra']
     train = json.loads((out / 'annotations/train.json').read_text())
     assert train['metainfo'] == dict(classes=['apple', 'cat, domestic', 'dog', 'bird', 'zebra'], num_seen=3,
-                                     negatives='explicit', dataset='OpenImages-2018_04')
+                                     negatives='explicit', dataset='OpenImages-2018_04', merged_mids={})
     assert train['data_list'] == [
         dict(img_path='train/00/i1.jpg', gt_label=[2], gt_negative=[0]),   # zebra (unseen) not in training
         dict(img_path='train/01/i3.jpg', gt_label=[0], gt_negative=[]),
@@ -64,6 +65,12 @@ def test_conversion(tmp_path):
     ds = QVZSLMultiLabelDataset(str(out / 'annotations/train.json'), data_prefix=str(raw), seen_only=True,
                                 pipeline=[], lazy_init=False)
     assert len(ds) == 3 and ds.metainfo['negatives'] == 'explicit'
+    # the shipped Open Images config drops training images without a seen positive (i4), as the official loader
+    cfg = Config.fromfile(os.path.join(REPO, 'configs/qks/openimages_vitb16.py'))
+    ds = QVZSLMultiLabelDataset(str(out / 'annotations/train.json'), data_prefix=str(raw), seen_only=True,
+                                pipeline=[], filter_cfg=cfg.train_dataloader.dataset.get('filter_cfg'))
+    assert [ds.get_data_info(i)['img_path'] for i in range(len(ds))] == [str(raw / 'train/00/i1.jpg'),
+                                                                           str(raw / 'train/01/i3.jpg')]
     # a val split is carved from training images, deterministically
     tool.convert(str(raw), str(tmp_path / 'o2'), val_fraction=0.34, seed=1)
     val = json.loads((tmp_path / 'o2/annotations/val.json').read_text())['data_list']
@@ -104,3 +111,41 @@ def test_unsafe_pickle_and_bad_files(tmp_path):
         tool.convert(str(raw), str(tmp_path / 'o'))
     stats = tool.convert(str(raw), str(tmp_path / 'o3'), missing='skip')
     assert stats['missing'] == 1 and (tmp_path / 'o3/missing_images.txt').read_text().split() == ['test/t9']
+
+
+def test_mids_sharing_a_name_are_recorded_and_a_stale_num_seen_fails(tmp_path, capsys):
+    """Issue 13.7: two trainable MIDs named "dog" become one label, which lowers num_seen (3 MIDs -> 2 labels) and so
+    moves the seen/unseen boundary. The converter records and reports the merge, and a head / metric still configured
+    for 3 seen labels is an error naming the field and the annotation file."""
+    from types import SimpleNamespace
+
+    from queryvision_mm.datasets import QVZSLMultiLabelDataset
+    from queryvision_mm.evaluation.metrics import QVZSLMultiLabelMetric
+    from queryvision_mm.evaluation.metrics.zsl_consistency_hook import zsl_consistency_errors
+    raw, out = tmp_path / 'OpenImages', tmp_path / 'out'
+    make_raw(raw)
+    meta = raw / '2018_04'
+    with open(meta / 'class-descriptions.csv', 'a') as f:
+        f.write('/m/g,dog\n')
+    (meta / 'classes-trainable.txt').write_text('/m/a\n/m/b\n/m/g\n')
+    assert tool.main([str(raw), str(out), '--val-fraction', '0']) == 0
+    assert 'WARNING: 1 MIDs share a name' in capsys.readouterr().err
+    train = json.loads((out / 'annotations/train.json').read_text())
+    assert train['metainfo']['num_seen'] == 2 and train['metainfo']['merged_mids'] == {'dog': ['/m/a', '/m/g']}
+    ann = str(out / 'annotations/test.json')
+    ds = QVZSLMultiLabelDataset(ann, data_prefix=str(raw), pipeline=[])
+    names = ['cat, domestic', 'dog', 'bird', 'zebra']
+    head = SimpleNamespace(num_seen=3, label_names=names, embed_file='emb.safetensors')  # stale: 3 trainable MIDs
+    metric = QVZSLMultiLabelMetric(num_seen=3, negatives='explicit')
+    errors = zsl_consistency_errors(SimpleNamespace(head=head), ds, [metric], 'test_dataloader')
+    assert any(e.startswith('model.head.num_seen=3') and ann in e for e in errors)
+    assert any(e.startswith('test_evaluator.num_seen=3') and ann in e for e in errors)
+    head.num_seen, metric.num_seen = 2, 2
+    assert zsl_consistency_errors(SimpleNamespace(head=head), ds, [metric], 'test_dataloader') == []
+    head.label_names = ['cat, domestic', 'dog', 'dog', 'bird', 'zebra']  # an embedding file with the duplicate
+    assert 'first difference at index 2' in zsl_consistency_errors(SimpleNamespace(head=head), ds, [], 'x')[0]
+    # without the hook the metric stops too, from the dataset's metainfo
+    metric = QVZSLMultiLabelMetric(num_seen=3, negatives='explicit')
+    metric.dataset_meta = ds.metainfo
+    with pytest.raises(ValueError, match=r'num_seen=3 but .*test.json has metainfo.num_seen=2'):
+        metric.process({}, [dict(pred_score=np.zeros(4), gt_label=[0], gt_negative=[])])

@@ -15,7 +15,13 @@ ROOT holds (the layout the QKS/LESA/BiAM scripts use)::
 
 Labels (as the official script): seen = the names of the trainable MIDs sorted by name; unseen = the names of the
 top-400 unseen MIDs sorted by name; classes = seen + unseen. MIDs sharing one name become one label (the official
-lists are name-based); the number merged is reported. Confidence 1 is a positive, 0 an annotated negative (any other
+lists are name-based but keep the duplicates: one entry per trainable MID, and only the last column of a duplicated name
+ever gets a positive); the merge is recorded in ``metainfo.merged_mids`` (name -> MIDs), counted in the printed
+statistics and warned about, because it lowers ``num_seen`` below the number of trainable MIDs: a config still
+saying 7186 then stops with an error (``QVZSLConsistencyHook`` / the metric) instead of shifting the seen/unseen
+boundary. Training images without a seen positive are kept in ``train.json`` (counted as
+``train_without_positive``); the QKS configs drop them on load (``filter_cfg=dict(filter_empty_gt=True)``, as
+the official loader). Confidence 1 is a positive, 0 an annotated negative (any other
 value is an error naming the file and line); labels not annotated for an image are unknown (``negatives:
 explicit``), and MIDs outside both lists are ignored. Training images carry seen labels only; test images seen and
 unseen. Images whose positive and negative sets intersect are dropped (as official). A deterministic
@@ -100,7 +106,11 @@ def _names(mids, label_map, source):
     if missing:
         raise KeyError(f'{source}: {len(missing)} label ids have no name in class-descriptions.csv, '
                        f'e.g. {missing[0]}')
-    return sorted({label_map[m] for m in mids}), len(mids) - len({label_map[m] for m in mids})
+    by_name = {}
+    for m in mids:
+        by_name.setdefault(label_map[m], []).append(m)
+    merged = {name: sorted(set(ms)) for name, ms in by_name.items() if len(set(ms)) > 1}
+    return sorted(by_name), merged
 
 
 def read_image_labels(path, name_to_idx, label_map):
@@ -184,7 +194,10 @@ def convert(root, out, version='2018_04', val_fraction=0.01, seed=0, missing='er
     splits['train'] = [x for i, x in enumerate(train) if i not in val_idx]
     splits['val'] = [x for i, x in enumerate(train) if i in val_idx]
     os.makedirs(osp.join(out, 'annotations'), exist_ok=True)
-    meta = dict(classes=classes, num_seen=len(seen), negatives='explicit', dataset=f'OpenImages-{version}')
+    merged = {**merged_seen, **merged_unseen}
+    # recorded so that a shifted seen/unseen boundary (num_seen below the number of trainable MIDs) is explained
+    meta = dict(classes=classes, num_seen=len(seen), negatives='explicit', dataset=f'OpenImages-{version}',
+                merged_mids=merged)
     for name in ('train', 'val', 'test'):
         with open(osp.join(out, 'annotations', f'{name}.json'), 'w') as f:
             json.dump(dict(metainfo=meta, data_list=splits[name]), f)
@@ -194,9 +207,10 @@ def convert(root, out, version='2018_04', val_fraction=0.01, seed=0, missing='er
     if dropped:
         with open(osp.join(out, 'missing_images.txt'), 'w') as f:
             f.write('\n'.join(dropped) + '\n')
-    return dict(num_seen=len(seen), num_unseen=len(unseen), merged_names=merged_seen + merged_unseen,
-                **{k: len(v) for k, v in splits.items()}, conflicting_dropped=sum(conflicts.values()),
-                missing=len(dropped))
+    return dict(num_seen=len(seen), num_unseen=len(unseen), merged_names=len(merged),
+                merged_mids=sum(len(m) - 1 for m in merged.values()), **{k: len(v) for k, v in splits.items()},
+                conflicting_dropped=sum(conflicts.values()), missing=len(dropped),
+                train_without_positive=sum(not x['gt_label'] for x in splits['train']))
 
 
 def main(argv=None):
@@ -217,6 +231,12 @@ def main(argv=None):
     print(json.dumps(stats))
     if stats['num_unseen'] != 400:
         print(f"note: {stats['num_unseen']} unseen labels (the protocol uses the 400 most frequent)")
+    if stats['merged_mids']:
+        print(f"WARNING: {stats['merged_mids']} MIDs share a name with another MID and were merged into "
+              f"{stats['merged_names']} labels (metainfo.merged_mids): num_seen={stats['num_seen']}, "
+              f"num_unseen={stats['num_unseen']}; set num_seen={stats['num_seen']} in the config "
+              '(configs/qks/openimages_vitb16.py assumes 7186; a mismatch stops training and testing)',
+              file=sys.stderr)
     return 0
 
 

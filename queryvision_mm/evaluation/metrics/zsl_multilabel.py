@@ -8,6 +8,8 @@ from mmengine.logging import MMLogger
 
 from mmpretrain.registry import METRICS
 
+from .zsl_consistency_hook import QVZSLConsistencyHook, zsl_consistency_errors  # noqa: F401  (registers the hook)
+
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Per column: non-interpolated AP over the entries with target +1/-1 (0 = unknown, ignored), ranked by score
@@ -56,6 +58,11 @@ class QVZSLMultiLabelMetric(BaseMetric):
     ``negatives='complement'`` (NUS-WIDE: every non-positive is a negative). Also reports ``<split>/score`` = mAP +
     sum of F1@k (the official model-selection score).
 
+    Only the order of ``pred_score`` matters: the QKS heads give raw logits / cosines (never a float32 sigmoid,
+    which saturates to tied 1.0 values). Consistency is checked on first use: ``num_seen`` against the dataset's
+    metainfo (the annotation file) and the head's (carried in the samples), the number of scored labels against
+    the dataset's classes, ``negatives`` against the file's.
+
     Args:
         num_seen (int): Number of seen labels (first columns).
         topk (Sequence[int]): K values (NUS-WIDE 3, 5; Open Images 10, 20).
@@ -74,10 +81,31 @@ class QVZSLMultiLabelMetric(BaseMetric):
             raise ValueError(f"QVZSLMultiLabelMetric: negatives must be 'complement' or 'explicit', got {negatives!r}")
         self.num_seen, self.topk, self.splits, self.negatives = int(num_seen), tuple(topk), tuple(splits), negatives
 
+    def _check_dataset_meta(self) -> None:
+        """Fail loudly when the dataset's metainfo (``QVZSLMultiLabelDataset``: the annotation file) disagrees with
+        this metric's ``num_seen`` / ``negatives`` (e.g. a converter that merged labels shifts the boundary)."""
+        meta = self.dataset_meta or {}
+        where = meta.get('ann_file', 'the dataset')
+        if 'num_seen' in meta and int(meta['num_seen']) != self.num_seen:
+            raise ValueError(f'val_evaluator / test_evaluator: num_seen={self.num_seen} but {where} has '
+                             f'metainfo.num_seen={meta["num_seen"]} (set the config field num_seen to it)')
+        if 'negatives' in meta and meta['negatives'] != self.negatives:
+            raise ValueError(f'val_evaluator / test_evaluator: negatives={self.negatives!r} but {where} has '
+                             f'metainfo.negatives={meta["negatives"]!r}')
+
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
+        if not self.results:
+            self._check_dataset_meta()
         for s in data_samples:
+            if 'num_seen' in s and int(s['num_seen']) != self.num_seen:
+                raise ValueError(f'model.head.num_seen={int(s["num_seen"])} but the evaluator\'s num_seen='
+                                 f'{self.num_seen} (val_evaluator / test_evaluator)')
             score = torch.as_tensor(s['pred_score']).float().cpu().numpy()
             c = score.shape[0]
+            classes = (self.dataset_meta or {}).get('classes')
+            if classes is not None and len(classes) != c:
+                raise ValueError(f"the model scores {c} labels but {self.dataset_meta.get('ann_file', 'the dataset')}"
+                                 f' has {len(classes)} classes (model.head.embed_file vs the annotation file)')
             target = np.full(c, -1 if self.negatives == 'complement' else 0, dtype=np.int8)
             if self.negatives == 'explicit':
                 if 'gt_negative' not in s:

@@ -21,10 +21,35 @@ class _LabelBankMixin:
             raise ValueError(f'{embed_file}: num_seen={num_seen} but the file holds {emb.size(0)} labels')
         # not persistent: checkpoints stay label-agnostic; the file (checked against the dataset) is the source
         self.register_buffer('label_embed', emb.float(), persistent=False)
-        self.num_seen, self.label_names = num_seen, list(names)
+        self.num_seen, self.label_names, self.embed_file = num_seen, list(names), embed_file
 
     def bank(self) -> Tensor:
         return self.label_embed[:self.num_seen] if self.training else self.label_embed
+
+    def _set_pred_score_mode(self, mode: str) -> None:
+        if mode not in ('raw', 'sigmoid'):
+            raise ValueError(f"{type(self).__name__}: pred_score_mode must be 'raw' or 'sigmoid', got {mode!r}")
+        self.pred_score_mode = mode
+
+    def _get_predictions(self, cls_score: Tensor, data_samples: Optional[List[DataSample]]) -> List[DataSample]:
+        """``pred_score``: with ``pred_score_mode='raw'`` the head's own scores (QKS logits, zero-shot
+        ``logit_scale * cos``), which rank labels as the official zero-shot baseline (raw cosines, ``clip_eval.py``)
+        and as the official QKS evaluation wherever its float32 sigmoid does not saturate; ``'sigmoid'`` is
+        mmpretrain's ``sigmoid(score)``, which is exactly 1.0 in float32 for every score >= ~17 (cosine >= 0.17 at
+        ``logit_scale`` 100; QKS logits are unbounded): all those labels tie and mAP / F1@K then follow the column
+        order. ``pred_label`` keeps
+        mmpretrain's meaning: the ``topk`` best labels (by the raw score: no ties), or those with
+        ``sigmoid(score) >= thr``. The head's ``num_seen`` travels in the samples' metainfo so that the metric can
+        check it against its own."""
+        if data_samples is None:
+            data_samples = [DataSample() for _ in range(cls_score.size(0))]
+        probs = torch.sigmoid(cls_score)
+        scores = cls_score if self.pred_score_mode == 'raw' else probs
+        for sample, raw, prob, score in zip(data_samples, cls_score, probs, scores):
+            label = torch.where(prob >= self.thr)[0] if self.thr is not None else raw.topk(self.topk).indices
+            sample.set_pred_score(score).set_pred_label(label)
+            sample.set_metainfo(dict(num_seen=self.num_seen))
+        return data_samples
 
     def _targets(self, data_samples: List[DataSample], num_classes: int) -> Tensor:
         target = torch.zeros(len(data_samples), num_classes, device=self.label_embed.device)
@@ -48,15 +73,17 @@ class QVQKSHead(_LabelBankMixin, MultiLabelClsHead):
 
     Loss: sigmoid classification on the raw scores against the seen labels; mean over B x C (the official ASL is
     ``-1000 * sum / (B C)``, so ``QVAsymmetricLoss(gamma_neg=4, clip=0, eps=1e-5, reduction='mean',
-    loss_weight=1000)`` with the focal weight detached). ``predict`` scores seen + unseen labels.
+    loss_weight=1000)`` with the focal weight detached). ``predict`` scores seen + unseen labels;
+    ``pred_score_mode='raw'`` (default) returns the raw logits as ``pred_score`` (see ``_get_predictions``).
     """
 
     def __init__(self, embed_file: str, num_seen: int, class_names: Optional[Sequence[str]] = None,
                  in_dims: int = 768, out_dims: int = 512, reduce: str = 'max', k: int = 1,
                  loss: dict = dict(type='QVAsymmetricLoss', gamma_pos=0.0, gamma_neg=4.0, clip=0.0, eps=1e-5,
                                    reduction='mean', loss_weight=1000.0),
-                 init_cfg=None) -> None:
+                 pred_score_mode: str = 'raw', init_cfg=None) -> None:
         super().__init__(loss=loss, thr=None, topk=1, init_cfg=init_cfg)
+        self._set_pred_score_mode(pred_score_mode)
         if reduce not in ('max', 'topk_sum'):
             raise ValueError(f"QVQKSHead: reduce must be 'max' or 'topk_sum', got {reduce!r}")
         self._load_bank(embed_file, num_seen, class_names)
@@ -87,11 +114,13 @@ class QVQKSHead(_LabelBankMixin, MultiLabelClsHead):
 class QVCLIPZeroShotHead(_LabelBankMixin, MultiLabelClsHead):
     """Zero-shot CLIP: CLS token -> CLIP's (frozen) visual projection -> cosine similarity x ``logit_scale`` with the
     label embeddings (the QKS/MKT baseline uses the single template "There is a {} in the scene"). No parameters
-    to train; use with ``train_cfg=None`` and ``tools/test.py``."""
+    to train; use with ``train_cfg=None`` and ``tools/test.py``. ``pred_score`` = ``logit_scale * cos``
+    (``pred_score_mode='raw'``): the order of the raw cosines, which the official ``clip_eval.py`` ranks."""
 
     def __init__(self, embed_file: str, num_seen: int, class_names: Optional[Sequence[str]] = None,
-                 logit_scale: float = 100.0, init_cfg=None) -> None:
+                 logit_scale: float = 100.0, pred_score_mode: str = 'raw', init_cfg=None) -> None:
         super().__init__(loss=dict(type='CrossEntropyLoss', use_sigmoid=True), thr=None, topk=1, init_cfg=init_cfg)
+        self._set_pred_score_mode(pred_score_mode)
         self._load_bank(embed_file, num_seen, class_names)
         self.register_buffer('proj', torch.empty(0), persistent=False)  # set from the backbone by the classifier
         self.logit_scale = logit_scale
