@@ -2,6 +2,8 @@
 
     python tools/benchmarks/bench_sparse_learning.py [--iters 500] [--labeled 20 --unlabeled 180]
         [--variants supervised semi_detr sparse_semi_detr] [--burn-in 250 --work-root DIR] [--write docs/benchmarks.md]
+        [--o2m-norm box|group] [--qrm-select teacher_score|similarity] [--o2o-filter nms+filter|nms_free]
+        [--refined-into student|both]   (Sparse Semi-DETR variants, issue 13; the duplicate rate is in the table)
 
 Same data (10 % labeled by default: 20 labeled / 180 unlabeled synthetic images, 40 val), same seed, same
 iteration budget, same shrunk model (configs/*/demo_shapes.py: DINO-R18 from scratch, 2+2 layers, 100 queries),
@@ -51,6 +53,16 @@ def parse_args():
                         'the switch to one-to-one is at 3/4 of the budget for all three')
     p.add_argument('--pseudo-thr', type=float, default=None,
                    help='override semi_train_cfg.cls_pseudo_thr (0.4 in the paper) for Semi-DETR and Sparse')
+    # Sparse Semi-DETR variants (issue 13); None = the config's default
+    p.add_argument('--o2m-norm', choices=['box', 'group'], default=None,
+                   help='Sparse: rpfm_cfg.t_hat_norm (default box: targets normalised over all of a box\'s positives)')
+    p.add_argument('--qrm-select', choices=['teacher_score', 'similarity'], default=None,
+                   help='Sparse: qrm_cfg.select_by, the ranking of the kept refined queries (default teacher_score)')
+    p.add_argument('--o2o-filter', choices=['nms+filter', 'nms_free'], default=None,
+                   help='Sparse one-to-one pseudo-labels: nms+filter (default: Semi-DETR NMS(0.6), then the '
+                        'cross-class duplicate filter) or nms_free (the pre-issue-13 default: same-class filter only)')
+    p.add_argument('--refined-into', choices=['student', 'both'], default=None,
+                   help='Sparse: qrm_cfg.refined_into (default student, Table 5b)')
     p.add_argument('--reuse', action='store_true',
                    help='reuse a variant\'s finished run (bench_result.json with the same iterations, seed and data)')
     p.add_argument('--write', default=None, help='markdown file to update (section between markers)')
@@ -90,11 +102,30 @@ def make_config(variant, args):
         cfg.model.semi_train_cfg.unsup_weight = 0.0
     elif args.pseudo_thr is not None:
         cfg.model.semi_train_cfg.cls_pseudo_thr = args.pseudo_thr
+    if variant == 'sparse_semi_detr':
+        for key, value in sparse_overrides(args).items():
+            section, flag = key.split('.')
+            cfg.model[section][flag] = value
     work = osp.join(args.work_root, variant)
     os.makedirs(work, exist_ok=True)
     path = osp.join(work, 'config.py')
     cfg.dump(path)
     return path, work
+
+
+def sparse_overrides(args):
+    """``{'rpfm_cfg.flag' | 'qrm_cfg.flag': value}`` chosen on the command line for the Sparse variant."""
+    out = {}
+    if args.o2m_norm is not None:
+        out['rpfm_cfg.t_hat_norm'] = args.o2m_norm
+    if args.qrm_select is not None:
+        out['qrm_cfg.select_by'] = args.qrm_select
+    if args.o2o_filter is not None:
+        nms_free = args.o2o_filter == 'nms_free'
+        out.update({'rpfm_cfg.o2o_pseudo_nms': not nms_free, 'rpfm_cfg.dup_class_agnostic': not nms_free})
+    if args.refined_into is not None:
+        out['qrm_cfg.refined_into'] = args.refined_into
+    return out
 
 
 def final_metrics(work):
@@ -126,6 +157,8 @@ def main():
         done = osp.join(work, 'bench_result.json')
         if args.pseudo_thr is not None and variant != 'supervised':
             key = dict(key, pseudo_thr=args.pseudo_thr)
+        if variant == 'sparse_semi_detr' and sparse_overrides(args):
+            key = dict(key, sparse=sparse_overrides(args))
         if args.reuse and osp.exists(done):
             saved = json.load(open(done))
             if saved.get('key') == key:
@@ -160,6 +193,7 @@ def main():
            f'supervised run\'s iteration-{args.burn_in} checkpoint), ' if args.burn_in else 'from scratch, ')
         + (f'pseudo-label threshold {args.pseudo_thr} instead of 0.4 for Semi-DETR and Sparse, ' if args.pseudo_thr
            is not None else '')
+        + (f'Sparse flags {sparse_overrides(args)}, ' if sparse_overrides(args) else '')
         + f'seed {args.seed}, same shrunk model for all '
         '(DINO-R18 from scratch, 2+2 layers, 100 queries). `supervised` = Semi-DETR with unsup weight 0 (same '
         'data stream). AP in % (n/a: the val set has no object of that size), duplicate rate = fraction of '

@@ -4,7 +4,7 @@ The paper's equations 3-6 are not available; what the text states (Sec. 4.1 and 
 and the choices made here are listed in README "Sparse Semi-DETR". Every ambiguous choice is an argument.
 """
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from mmdet.registry import MODELS
 
 ATTENTION_CHOICES = ('high_res', 'low_res', 'both', 'none')
+SELECT_BY_CHOICES = ('teacher_score', 'similarity')
 
 
 @MODELS.register_module()
@@ -39,8 +40,12 @@ class QVQueryRefinementModule(BaseModule):
        ``out_dims`` by one linear layer (``with_mlp=False``, Table 5c best) or by Semi-DETR's projector MLP
        (Linear-BN-ReLU-Linear-ReLU, ``with_mlp=True``).
 
-    The detector keeps, per image, the ``ceil(keep_ratio * n)`` boxes with the highest score (the "sparse",
-    fewer refined queries; see :meth:`select`).
+    The detector keeps, per image, the ``ceil(keep_ratio * n)`` best boxes (the "sparse", fewer refined
+    queries; see :meth:`select`), ranked by ``select_by``: ``'teacher_score'`` (default) = the pseudo box's
+    teacher confidence; ``'similarity'`` = the step-3 score :math:`s`. :math:`s` is detached and no loss
+    trains it, and for boxes under ~32 px the stride-32 RoI Align tokens interpolate <= 4 cells (nearly
+    constant tokens, so :math:`s` depends on the box size): ranking by it keeps mostly large boxes (measured in
+    README "Sparse Semi-DETR"), against the paper's small-object claim (abstract, Table 1 AP_s).
 
     Args:
         in_channels (int): Channels of the neck outputs. Defaults to 256.
@@ -55,6 +60,8 @@ class QVQueryRefinementModule(BaseModule):
         similarity (bool): Step 3 on/off. Defaults to True.
         keep_ratio (float, optional): Fraction of each image's boxes kept by similarity score; None keeps all.
             Ignored when ``similarity=False``. Defaults to 0.5.
+        select_by (str): Ranking signal of the kept boxes, ``'teacher_score'`` or ``'similarity'``.
+            Defaults to 'teacher_score'.
         with_mlp (bool): Use Semi-DETR's projector MLP instead of one linear layer. Defaults to False.
         mlp_hidden_dims (int): Hidden width of that MLP. Defaults to 1024.
     """
@@ -71,6 +78,7 @@ class QVQueryRefinementModule(BaseModule):
                  attention_on: str = 'high_res',
                  similarity: bool = True,
                  keep_ratio: float = 0.5,
+                 select_by: str = 'teacher_score',
                  with_mlp: bool = False,
                  mlp_hidden_dims: int = 1024,
                  init_cfg=None) -> None:
@@ -82,6 +90,9 @@ class QVQueryRefinementModule(BaseModule):
             if not 0 <= level < len(featmap_strides):
                 raise ValueError(f'QVQueryRefinementModule: {name}={level} is not an index of featmap_strides '
                                  f'{tuple(featmap_strides)}')
+        if select_by not in SELECT_BY_CHOICES:
+            raise ValueError(f'QVQueryRefinementModule: select_by must be one of {SELECT_BY_CHOICES}, '
+                             f'got {select_by!r}')
         if keep_ratio is not None and not 0 < keep_ratio <= 1:
             raise ValueError(f'QVQueryRefinementModule: keep_ratio must be in (0, 1] or None, got {keep_ratio}')
         self.featmap_strides = tuple(featmap_strides)
@@ -90,6 +101,7 @@ class QVQueryRefinementModule(BaseModule):
         self.attention_on = attention_on
         self.similarity = similarity
         self.keep_ratio = keep_ratio
+        self.select_by = select_by
         self.with_mlp = with_mlp
         self.num_tokens = roi_size * roi_size
         self.roi_high = RoIAlign(roi_size, spatial_scale=1.0 / featmap_strides[high_res_level], sampling_ratio=0)
@@ -151,12 +163,19 @@ class QVQueryRefinementModule(BaseModule):
             return self.out_proj(refined.expand(2, -1))[:1], score.detach()
         return self.out_proj(refined), score.detach()
 
-    def select(self, scores: Tensor) -> Tensor:
+    def select(self, scores: Tensor, teacher_scores: Optional[Tensor] = None) -> Tensor:
         """Indices (sorted, in box order) of the boxes one image keeps: the ``ceil(keep_ratio * n)`` highest
-        scores (at least one box), or all boxes when ``keep_ratio`` is None or similarity is off."""
+        ranked (at least one box), or all boxes when ``keep_ratio`` is None or similarity is off. The ranking
+        is ``teacher_scores`` (the pseudo boxes' confidences) when ``select_by='teacher_score'``, else the
+        similarity ``scores``."""
         n = scores.numel()
         if n == 0 or self.keep_ratio is None or not self.similarity:
             return torch.arange(n, device=scores.device)
+        if self.select_by == 'teacher_score':
+            if teacher_scores is None or teacher_scores.numel() != n:
+                raise ValueError("QVQueryRefinementModule.select: select_by='teacher_score' needs one teacher "
+                                 'score per box')
+            scores = teacher_scores
         k = max(1, math.ceil(self.keep_ratio * n))
         # stable: among equal scores the earlier (higher-confidence) pseudo box wins
         order = torch.sort(scores, descending=True, stable=True).indices

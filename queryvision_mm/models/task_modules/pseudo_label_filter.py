@@ -25,19 +25,22 @@ def duplicate_mask(bboxes: Tensor, scores: Tensor, labels: Tensor, iou_thr: floa
     return ((iou > iou_thr) & higher & same).any(dim=1)
 
 
-def filter_duplicate_pseudo_labels(candidates: InstanceData, score_thr: float, iou_thr: float) -> InstanceData:
-    """Reliable pseudo-labels of the one-to-one stage (Sparse Semi-DETR RPFM, reconstruction).
+def filter_duplicate_pseudo_labels(candidates: InstanceData, score_thr: float, iou_thr: float,
+                                   class_agnostic: bool = False) -> InstanceData:
+    """Reliable pseudo-labels of the one-to-one stage (Sparse Semi-DETR RPFM, Sec. 4.2; reconstruction).
 
     Among the candidates with ``score >= score_thr`` (the ones that become pseudo ground truth), a box is
-    dropped when a higher-scored box of the same class overlaps it with IoU > ``iou_thr`` (greedy, class-wise,
-    mmcv's ``batched_nms``); candidates below ``score_thr`` are returned unchanged (they only feed the mining
-    of consistency queries). Order of the survivors: the input order.
+    dropped when a higher-scored box overlaps it with IoU > ``iou_thr`` (greedy, mmcv's ``batched_nms``):
+    of the same class (``class_agnostic=False``) or of any class (``class_agnostic=True``: the same object
+    predicted under two labels). Candidates below ``score_thr`` are returned unchanged (they only feed the
+    mining of consistency queries). The filter only removes boxes, so run after Semi-DETR's NMS its result is
+    a subset of Semi-DETR's pseudo-labels. Order of the survivors: the input order.
     """
     confident = candidates.scores >= score_thr
     idx = torch.nonzero(confident).flatten()
     keep = ~confident
     if idx.numel() > 0:
         _, kept = batched_nms(candidates.bboxes[idx], candidates.scores[idx], candidates.labels[idx],
-                              dict(type='nms', iou_threshold=iou_thr))
+                              dict(type='nms', iou_threshold=iou_thr, class_agnostic=class_agnostic))
         keep[idx[kept]] = True
     return candidates[keep]
