@@ -61,9 +61,12 @@ def shrink_semi_detr_cfg(cfg, data_root=None, num_queries=30, scale=(160, 112), 
     cfg = copy.deepcopy(cfg)
     det = cfg.model.detector
     det.num_queries = num_queries
-    det.backbone.update(depth=18, init_cfg=None, frozen_stages=-1, norm_eval=True,
-                        norm_cfg=dict(type='BN', requires_grad=True))
-    det.neck.in_channels = [128, 256, 512]
+    if det.backbone.type == 'ResNet':
+        det.backbone.update(depth=18, init_cfg=None, frozen_stages=-1, norm_eval=True,
+                            norm_cfg=dict(type='BN', requires_grad=True))
+        det.neck.in_channels = [128, 256, 512]
+    else:  # the demo's small pretrained backbone (EfficientNet-Lite0) stays, without loading weights
+        det.backbone.init_cfg = None
     det.encoder.num_layers = 1
     det.decoder.num_layers = 2
     det.dn_cfg.group_cfg = dict(dynamic=True, num_groups=None, num_dn_queries=10)

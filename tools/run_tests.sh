@@ -7,7 +7,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="$(bash tools/setup_env.sh | tail -n 1)" || { echo "[run_tests] set-up failed" >&2; exit 1; }
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-"$PY" -m pytest tests -p no:cacheprovider -ra "$@"
+"$PY" -m pytest tests -p no:cacheprovider -ra --durations=25 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "[run_tests] no tests were collected: failing" >&2
