@@ -57,7 +57,9 @@ def parse_args():
                    help='both (default) for the ratios; one for a quick check')
     p.add_argument('--mem-limit-gb', type=float, default=None,
                    help='address-space limit per run (CPU; default: 80 %% of MemAvailable)')
-    p.add_argument('--write', default=None, help='markdown file to update (section "cq_dino_scale")')
+    p.add_argument('--write', default=None, help='markdown file to update (section --section)')
+    p.add_argument('--section', default='cq_dino_scale',
+                   help='marker name of the section that --write replaces (<!-- BEGIN name --> ... END name)')
     p.add_argument('--child', nargs=3, metavar=('MODEL', 'C', 'MODE'), help=argparse.SUPPRESS)
     return p.parse_args()
 
@@ -209,7 +211,7 @@ def main():
     if args.write:
         sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
         from bench_semi_detr import write_section
-        write_section(args.write, 'cq_dino_scale', table)
+        write_section(args.write, args.section, table)
 
 
 def _ratio(a, b, key):
