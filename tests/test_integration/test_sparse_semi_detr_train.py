@@ -1,5 +1,6 @@
 """Sparse Semi-DETR end to end: the five paper configs train on the demo data through the stage switch;
 tools/train.py + tools/test.py on the demo config report AP_s/m/l and the duplicate rate."""
+import os
 import os.path as osp
 import re
 
@@ -29,8 +30,13 @@ def on_demo_data(name, data_root, max_iters, switch_iter):
 
 # coco_1pct / coco_5pct differ from coco_10pct only in annotation file names and Table 8 values (checked for all five
 # configs in test_models/test_sparse_semi_detr.py::test_paper_configs_have_table8_values); training them too cost
-# ~30 s of the 10-minute suite budget
-@pytest.mark.parametrize('name', ['coco_10pct', 'coco_full', 'voc'])
+# ~30 s of the suite budget. coco_full differs from coco_10pct in Table 8 values and ratio only and runs with
+# QV_SLOW_TESTS=1 (CI budget of 15 min on 2 cores); voc keeps its own values in CI
+_SLOW = pytest.mark.skipif(os.environ.get('QV_SLOW_TESTS') != '1',
+                           reason='same code path as coco_10pct with other Table 8 values: set QV_SLOW_TESTS=1')
+
+
+@pytest.mark.parametrize('name', ['coco_10pct', pytest.param('coco_full', marks=_SLOW), 'voc'])
 def test_paper_config_trains_on_demo_data_through_the_switch(name, tiny_demo_data, tmp_path):
     from mmengine.runner import Runner
     cfg = on_demo_data(name, tiny_demo_data, max_iters=2, switch_iter=1)

@@ -71,15 +71,11 @@ def test_resume_across_stage_switch(tiny_demo_data, tmp_path):
     """A run interrupted at iteration 2 and resumed lands in the right stage and keeps the EMA ramp."""
     full = make_cfg(tmp_path, tiny_demo_data, 'full.py', max_iters=4, switch_iter=3)
     part = make_cfg(tmp_path, tiny_demo_data, 'part.py', max_iters=2, switch_iter=3)
-    w_full, w_part = str(tmp_path / 'full'), str(tmp_path / 'part')
-    proc, out = run([PY, 'tools/train.py', full, '--work-dir', w_full])
-    assert proc.returncode == 0, out[-4000:]
+    w_part = str(tmp_path / 'part')
     proc, out = run([PY, 'tools/train.py', part, '--work-dir', w_part])
     assert proc.returncode == 0, out[-4000:]
     ck2 = state(osp.join(w_part, 'iter_2.pth'))
     assert bool(ck2['state_dict']['one_to_many_stage']) is True
-    # the first two iterations are reproducible (same seed), so the interrupted run matches the full one
-    ref = state(osp.join(w_full, 'iter_4.pth'))  # noqa: F841  (loads under weights_only)
 
     # resume: same work dir, the 4-iteration config, --resume (auto -> last_checkpoint)
     proc, out = run([PY, 'tools/train.py', full, '--work-dir', w_part, '--resume'])

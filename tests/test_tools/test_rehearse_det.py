@@ -7,7 +7,10 @@ docs/rehearsal.md; these are the configs whose failure modes are multi-process o
 * CQ-DINO V3Det stage 1 Swin-B (13,204 categories, ImageNet-22k Swin-B release layout): before the fix, Swin's
   unused output norms stopped DDP at iteration 2.
 
-The Sparse Semi-DETR one takes about 6 minutes here and runs with QV_SLOW_TESTS=1 (CI budget).
+Both run with QV_SLOW_TESTS=1 (CI budget of 15 min on 2 cores): Sparse Semi-DETR takes about 6 minutes here, the
+Swin-B one about 2 minutes. CI keeps the cheap single-process check of the DDP failure mode
+(tests/test_models/test_cq_dino_ddp_params.py: no trainable parameter without a gradient after one loss + backward of
+every shipped CQ-DINO config) and the 2-process rehearsal of a classification config (test_rehearse_cls.py).
 """
 import json
 import os
@@ -66,6 +69,9 @@ def test_sparse_semi_detr_coco_10pct_rehearses_with_two_processes(tmp_path):
 
 
 @pytest.mark.timeout(1800)
+@pytest.mark.skipif(os.environ.get('QV_SLOW_TESTS') != '1',
+                    reason='about 2 min on 2 cores (Swin-B, 13,204 categories, 2 processes): outside the CI budget; '
+                    'set QV_SLOW_TESTS=1 (the DDP failure mode stays covered by test_cq_dino_ddp_params.py)')
 def test_cq_dino_v3det_stage1_swinb_trains_past_iteration_two_with_ddp(tmp_path):
     r = rehearse(tmp_path, 'configs/cq_dino/v3det_stage1_swinb.py', '--iters', '2', '--img-scale', '64',
                  '--skip', 'resume', 'amp')
