@@ -59,6 +59,7 @@ if grep -q "semi_detr" <<< "$CONFIG"; then
 elif grep -q "qks" <<< "$CONFIG"; then
   "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test"
   PICTURE="(none: classification; metrics in $WORK/test/<timestamp>/<timestamp>.log)"
+  echo "[run_demo] QKS runs on a random CLIP (no image-text aligned weights offline): its numbers are machinery checks, not accuracy"
 else
   "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test" --show-dir vis
   PICTURE="$WORK/test/<timestamp>/vis/"
