@@ -15,6 +15,9 @@ source_ratio = [1, 4]  # labeled : unlabeled
 # ---------------------------------------------------------------- detector (student = teacher architecture)
 detector = _base_.model
 detector.type = 'QVSemiDINO'
+# §1.2 the official input projections are Conv2d with bias + GroupNorm (GN does not cancel a per-channel bias);
+# mmdet's DINO ChannelMapper drops it (bias='auto' with a norm). Official checkpoints load with it
+detector.neck.bias = True
 detector.dn_cfg.box_noise_scale = 0.4  # §1.2 dn_box_noise_scale (mmdet default 1.0)
 detector.bbox_head.type = 'QVSemiDETRHead'
 detector.bbox_head.sync_cls_avg_factor = False  # §1.5 official O2O focal loss is not synced across GPUs

@@ -42,7 +42,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 __all__ = [
     'UnsafeCheckpointError', 'setup_safe_checkpoint_loading', 'load_from_local_safe', 'safe_torch_load',
-    'convert_legacy_checkpoint', 'checkpoint_safe_globals'
+    'convert_legacy_checkpoint', 'checkpoint_safe_globals', 'OfficialCheckpointError', 'check_official_layout'
 ]
 
 #: Environment variable honoured by torch and by :func:`safe_torch_load` to fall back to full pickle.
@@ -213,14 +213,50 @@ def safe_torch_load(filename: str, map_location: Any = None) -> Any:
         raise UnsafeCheckpointError(_unsafe_checkpoint_message(filename, err)) from err
 
 
+# Key layouts of the authors' releases that our models cannot load directly: (what, key pattern, converter).
+OFFICIAL_LAYOUTS = (
+    ('an official CQ-DINO checkpoint (RedAIGC/CQ-DINO: selector language_model.tagging_head.*, Swin patch merging '
+     'in the original concat order)', re.compile(r'(?:^|\.)language_model\.(?:tagging_head\.|label_embed$)'),
+     'tools/model_converters/cq_dino_to_qv.py'),
+    ('an official Semi-DETR / DINODETR checkpoint (JCZ404/Semi-DETR, mmdet 2.x: DINO inside bbox_head)',
+     re.compile(r'(?:^|\.)bbox_head\.(?:label_enc\.|fc_enc_cls\.|transformer\.tgt_embed\.)'),
+     'tools/model_converters/semi_detr_to_qv.py'),
+)
+
+
+class OfficialCheckpointError(ValueError):
+    """A checkpoint with the key layout of an authors' release: it must be converted first (the message names the
+    converter). Loading it as is would leave most of our model at its initial values (mmengine's ``load_from`` is
+    not strict)."""
+
+
+def check_official_layout(checkpoint: Any, filename: str) -> None:
+    """Raise :class:`OfficialCheckpointError` if ``checkpoint`` (a loaded file) has an official key layout."""
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        return
+    for what, pattern, converter in OFFICIAL_LAYOUTS:
+        key = next((k for k in state if isinstance(k, str) and pattern.search(k)), None)
+        if key is not None:
+            stem, ext = osp.splitext(filename)
+            raise OfficialCheckpointError(
+                f"'{filename}' is {what} (key '{key}'); our models use other module names, so it cannot be loaded "
+                f'as is. Convert it once and load the converted file:\n'
+                f'  python {converter} {shlex.quote(filename)} {shlex.quote(stem + "_qv" + (ext or ".pth"))}'
+                ' [--config CONFIG]')
+
+
 def load_from_local_safe(filename: str, map_location: Any = None) -> Any:
     """Drop-in for ``mmengine.runner.checkpoint.load_from_local`` (the ``''`` scheme) using
     :func:`safe_torch_load`. The name keeps mmengine's log line readable
-    ("Loads checkpoint by local_safe backend")."""
+    ("Loads checkpoint by local_safe backend"). An official CQ-DINO / Semi-DETR file (authors' key layout) raises
+    :class:`OfficialCheckpointError` naming its converter (:func:`check_official_layout`)."""
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
-    return safe_torch_load(filename, map_location=map_location)
+    checkpoint = safe_torch_load(filename, map_location=map_location)
+    check_official_layout(checkpoint, filename)
+    return checkpoint
 
 
 def setup_safe_checkpoint_loading() -> bool:
