@@ -19,5 +19,9 @@ model = dict(
 # set path_strip to that prefix and data_prefix to where the images are here
 dataset = dict(type='QVSoIRDataset', ann_file=data_root + 'anns.pt', sets=('RoboTools', ), path_strip=None,
                data_prefix='')
-index = dict(use_gpu=True)          # GPU FAISS when installed, else faiss-cpu
+# exact inner-product search (the paper's protocol, benchmark mAP); GPU FAISS when installed, else faiss-cpu. Millions
+# of gallery images: an approximate FAISS index, e.g. type='hnsw', M=32, efConstruction=64, efSearch=256 or
+# type='ivf_sq8', nlist=2048, quantizer='hnsw', nprobe=64 (utils/ann_index.py; docs/benchmarks.md "MaO search at
+# scale"); mAP in results.json is always computed from the exact full ranking.
+index = dict(type='flat', use_gpu=True)
 evaluation = dict(topk=(1, 5, 10))

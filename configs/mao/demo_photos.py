@@ -13,7 +13,8 @@ model = dict(
     masks=dict(checkpoint=data_root + 'sam_random.pth', model_type='custom',
                arch=dict(img_size=256, patch_size=16, embed_dim=64, depth=2, num_heads=2, prompt_dim=32, mlp_dim=64,
                          decoder_depth=1, decoder_heads=2)),
-    refine=dict(iters=20))
+    refine=dict(iters=20),
+    device='cpu')   # tiny stand-ins: reproducible on the CPU (tools/mao/*.py --device cuda to try a GPU)
 dataset = dict(ann_file=data_root + 'annotations/anns.json', sets=('demo', ), data_prefix=data_root)
 index = dict(use_gpu=False)
 evaluation = dict(topk=(1, 3, 5))

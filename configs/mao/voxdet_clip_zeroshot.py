@@ -5,4 +5,5 @@
 _base_ = '../_base_/mao_voxdet.py'
 
 model = dict(encoder=dict(type='QVOpenCLIPCropEncoder', model_name='ViT-B-16-quickgelu',
-                          pretrained='checkpoints/clip_vit_b16_openai.bin'))
+                          pretrained='checkpoints/clip_vit_b16_openai.bin'),
+             device='auto')   # every model on the GPU when there is one (--device on the tools overrides)

@@ -3,4 +3,5 @@
 #   python tools/mao/extract.py configs/mao/voxdet_dinov2_zeroshot.py
 _base_ = '../_base_/mao_voxdet.py'
 
-model = dict(encoder=dict(type='QVDINOv2CropEncoder', model_dir='checkpoints/dinov2-base', input_size=224))
+model = dict(encoder=dict(type='QVDINOv2CropEncoder', model_dir='checkpoints/dinov2-base', input_size=224),
+             device='auto')   # every model on the GPU when there is one (--device on the tools overrides)

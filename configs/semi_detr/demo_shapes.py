@@ -97,6 +97,10 @@ custom_hooks = [
     # the official ramp and buffer handling (BN statistics are frozen); a faster EMA for the short schedule
     dict(type='QVMeanTeacherHook', momentum=ema_momentum, interval=1, skip_buffer=True, ramp=True, warm_up=0),
     dict(type='QVStageSwitchHook', switch_iter=switch_iter),
+    # teacher pseudo-labels beside student predictions on 2 unlabeled images every 50 iterations, to the visualizer's
+    # backends (here WORK_DIR/<timestamp>/vis_data/vis_image/pseudo_labels_<iter>.png); ~0.6 s per call (README
+    # "Visualization"). Off in the paper configs.
+    dict(type='QVPseudoLabelVisHook', interval=50, max_images=2),
 ]
 default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1),

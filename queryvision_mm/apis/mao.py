@@ -2,9 +2,9 @@
 and a search that returns ranked gallery images and draws them with LeGrad heatmaps. Used by ``tools/mao/*.py``.
 
 Config keys (``configs/mao/*.py``): ``model`` or ``describer`` (a ``QVMaODescriber``), ``dataset`` (a ``QVSoIRDataset``),
-``index`` (``DescriptorIndex`` options), ``evaluation`` (``topk``), ``work_dir``.
+``index`` (``DescriptorIndex`` options: ``type`` flat|hnsw|ivf_*, ...), ``evaluation`` (``topk``, ``chunk_size``),
+``work_dir``.
 """
-import hashlib
 import json
 import os
 import os.path as osp
@@ -13,82 +13,18 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..evaluation.metrics.retrieval import relevance_matrix, retrieval_metrics
+from ..evaluation.metrics.retrieval import streaming_retrieval_metrics
 from ..utils.descriptor_index import DescriptorIndex
 from ..utils.image_io import read_rgb
+# gallery extraction (batched, distributed, resumable, sharded cache with weight digests): ``mao_extract``
+from .mao_extract import cache_entry, extract_gallery, fingerprint_record  # noqa: F401
+from .mao_extract import fingerprint as _fingerprint
 
 
 def describer_cfg(cfg):
     """The ``QVMaODescriber`` of a config: ``describer`` (stage-A configs, whose ``model`` is the training model) or
     ``model``."""
     return cfg.get('describer') or cfg.model
-
-
-def _fingerprint(model_cfg) -> str:
-    text = json.dumps(model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg, sort_keys=True,
-                      default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
-def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-    r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return dict(size=list(r['size']), counts=r['counts'].decode('ascii'))
-
-
-def extract_gallery(describer, items: Sequence[dict], cache_dir: str, fingerprint: str, on_error: str = 'error',
-                    progress: bool = True) -> Tuple[np.ndarray, List[str], List[str], Dict[str, int]]:
-    """Descriptors of the gallery ``items`` (dataset entries), one cache file per image under ``cache_dir``.
-
-    A second run reuses every cached image (resume after an interruption); a cache written with another model
-    configuration is refused. ``on_error='skip'`` leaves unreadable images out (returned in ``skipped``).
-    """
-    os.makedirs(cache_dir, exist_ok=True)
-    fp_file = osp.join(cache_dir, 'fingerprint.json')
-    if osp.isfile(fp_file):
-        with open(fp_file) as f:
-            old = json.load(f)['model']
-        if old != fingerprint:
-            raise ValueError(f'{cache_dir} holds descriptors of another model configuration ({old} != {fingerprint});'
-                             ' use another work_dir or delete the cache')
-    else:
-        with open(fp_file, 'w') as f:
-            json.dump(dict(model=fingerprint), f)
-    from tqdm import tqdm
-    descs, paths, skipped = [], [], []
-    stats = dict(cached=0, computed=0, fallback=0, objects=0)
-    for item in tqdm(items, desc='gallery', unit='img', disable=not progress):
-        key = hashlib.sha1(item['img_path'].encode()).hexdigest()
-        npz = osp.join(cache_dir, key + '.npz')
-        if osp.isfile(npz):
-            with np.load(npz, allow_pickle=False) as z:
-                desc, fallback, n_obj = z['descriptor'], bool(z['fallback']), int(len(z['boxes']))
-            stats['cached'] += 1
-        else:
-            try:
-                image = read_rgb(item['img_path'])
-            except OSError:
-                if on_error == 'skip':
-                    skipped.append(item['img_path'])
-                    continue
-                raise
-            out = describer.describe_gallery(image)
-            desc, fallback, n_obj = out['descriptor'], bool(out['fallback']), len(out['boxes'])
-            masks = out['masks']
-            with open(osp.join(cache_dir, key + '.json'), 'w') as f:
-                json.dump(dict(img_path=item['img_path'], boxes=out['boxes'].tolist(), scores=out['scores'].tolist(),
-                               masks=[_rle(m) for m in masks.cpu().numpy()] if masks is not None else None), f)
-            tmp = npz + '.tmp.npz'
-            np.savez(tmp, descriptor=desc, boxes=out['boxes'].numpy(), fallback=fallback)
-            os.replace(tmp, npz)      # a crash never leaves a half-written cache entry
-            stats['computed'] += 1
-        stats['fallback'] += int(fallback)
-        stats['objects'] += n_obj
-        descs.append(desc)
-        paths.append(item['img_path'])
-    if not descs:
-        raise ValueError('the gallery is empty (no readable gallery image)')
-    return np.stack(descs).astype(np.float32), paths, skipped, stats
 
 
 def run_extract(cfg, work_dir: Optional[str] = None, on_error: str = 'error', progress: bool = True) -> Dict:
@@ -102,7 +38,9 @@ def run_extract(cfg, work_dir: Optional[str] = None, on_error: str = 'error', pr
     dcfg = describer_cfg(cfg)
     describer = MODELS.build(dcfg)
     descs, paths, skipped, stats = extract_gallery(describer, gallery, osp.join(work_dir, 'gallery_cache'),
-                                                   _fingerprint(dcfg), on_error, progress)
+                                                   lambda: fingerprint_record(dcfg), on_error, progress)
+    if descs is None:   # rank > 0 of a distributed run: rank 0 merged the shards, indexes and evaluates
+        return None
     index = DescriptorIndex(descs.shape[1], **cfg.get('index', {}))
     index.add(descs, paths)
     index.meta.update(model=_fingerprint(dcfg), ann_file=str(cfg.dataset.get('ann_file')))
@@ -110,17 +48,21 @@ def run_extract(cfg, work_dir: Optional[str] = None, on_error: str = 'error', pr
     results = dict(gallery=len(paths), skipped=skipped, **stats)
     if queries:
         qd = np.stack([describer.describe_query(read_rgb(q['img_path']), q['query_box']) for q in queries])
-        _, rankings = index.search(qd)
         gallery_ins = {x['img_path']: x['instances'] for x in gallery}
-        rel = relevance_matrix([q['instances'][0] for q in queries], [gallery_ins[p] for p in paths])
-        results.update(retrieval_metrics(rankings, rel, cfg.get('evaluation', {}).get('topk', (1, 5, 10))))
-        results['rankings'] = {q['img_path']: [paths[j] for j in r[:10]] for q, r in zip(queries, rankings)}
+        ev = cfg.get('evaluation', {})
+        # exact full-ranking mAP / Recall@K whatever the index type, streamed over gallery chunks (no Q x G matrix)
+        results.update(streaming_retrieval_metrics(
+            qd, descs, [q['instances'][0] for q in queries], [gallery_ins[p] for p in paths],
+            ev.get('topk', (1, 5, 10)), chunk_size=ev.get('chunk_size', 65536),
+            query_chunk=ev.get('query_chunk', 256), normalize=True))
+        _, top = index.search(qd, k=10)      # what the index itself returns (approximate for ANN index types)
+        results['rankings'] = {q['img_path']: [paths[j] for j in r if j >= 0] for q, r in zip(queries, top)}
     with open(osp.join(work_dir, 'results.json'), 'w') as f:
         json.dump(results, f, indent=1)
     # the OWLv2 boxes of every gallery image, for stage-A training (QVSoIRPairDataset crop_source='proposals')
     boxes = {}
     for path in paths:
-        meta = osp.join(work_dir, 'gallery_cache', hashlib.sha1(path.encode()).hexdigest() + '.json')
+        meta = cache_entry(osp.join(work_dir, 'gallery_cache'), path)[1]
         if osp.isfile(meta):
             with open(meta) as f:
                 boxes[path] = json.load(f)['boxes']
@@ -140,7 +82,7 @@ def search(cfg, index_dir: str, image_path: str, box: Sequence[float], topk: int
     describer = MODELS.build(describer_cfg(cfg))
     q = describer.describe_query(read_rgb(image_path), box)
     scores, ids = index.search(q[None], k=topk)
-    return describer, q, [(index.paths[j], float(s)) for j, s in zip(ids[0], scores[0])]
+    return describer, q, [(index.paths[j], float(s)) for j, s in zip(ids[0], scores[0]) if j >= 0]
 
 
 def draw_search_grid(describer, query_image: np.ndarray, box: Sequence[float], query_desc: np.ndarray,
@@ -157,13 +99,13 @@ def draw_search_grid(describer, query_image: np.ndarray, box: Sequence[float], q
     x0, y0, x1, y1 = box
     axes[0].add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color='lime', lw=2))
     axes[0].set_title('query')
-    t = torch.from_numpy(query_desc).float()[None]
+    t = torch.from_numpy(query_desc).float()[None].to(enc.device)
     for ax, (path, score) in zip(axes[1:], results):
         img = read_rgb(path)
         ax.imshow(img)
         if explainer is not None:
             m = explainer.maps(explainer.prepare(enc.preprocess([img])), t, out_size=img.shape[:2])[0]
-            ax.imshow(m.detach().numpy(), cmap='jet', alpha=0.45)
+            ax.imshow(m.detach().cpu().numpy(), cmap='jet', alpha=0.45)
         ax.set_title(f'{osp.basename(path)[:18]}\n{score:.3f}', fontsize=8)
     for ax in axes:
         ax.axis('off')

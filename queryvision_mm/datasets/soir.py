@@ -125,7 +125,7 @@ class QVSoIRPairDataset(QVSoIRDataset):
         max_crops (int): at most this many crops per scene (the highest-scoring / first ones).
 
     ``__getitem__`` returns ``dict(inputs=dict(crops=[HxWx3 uint8], query=HxWx3 uint8), data_samples=
-    dict(instance=id))``; the query image is drawn at random among the queries of the scene's instances.
+    dict(instance=id, scene_instances=[ids]))``; the query image is drawn at random among the queries of the scene's instances.
     """
 
     def __init__(self, ann_file: str, crop_source: str = 'proposals', proposals_file: Optional[str] = None,
@@ -161,7 +161,7 @@ class QVSoIRPairDataset(QVSoIRDataset):
             boxes = [_box(b, f'{g["img_path"]}') for b in boxes][:self.max_crops]
             if not boxes:
                 continue   # a scene without any object gives no multi-object descriptor to train
-            pairs.append(dict(img_path=g['img_path'], boxes=boxes,
+            pairs.append(dict(img_path=g['img_path'], boxes=boxes, instances=list(g['instances']),
                               queries=[dict(img_path=q['img_path'], box=q['query_box'], instance=i)
                                        for i in usable for q in queries[i]]))
         if not pairs:
@@ -175,7 +175,9 @@ class QVSoIRPairDataset(QVSoIRDataset):
         crops = [crop_padded(scene, square_crop_box(b, self.min_crop_size)) for b in info['boxes']]
         q = info['queries'][np.random.randint(len(info['queries']))]
         query = crop_padded(read_rgb(q['img_path']), square_crop_box(q['box'], 0))
-        return dict(inputs=dict(crops=crops, query=query), data_samples=dict(instance=q['instance']))
+        # scene_instances: every instance of the scene (stage A masks their queries as false negatives)
+        return dict(inputs=dict(crops=crops, query=query),
+                    data_samples=dict(instance=q['instance'], scene_instances=list(info['instances'])))
 
 
 @FUNCTIONS.register_module()

@@ -84,8 +84,8 @@ def test_extract_index_search(models, tmp_path):  # noqa: F811
     assert res['gallery'] == 4 and res['computed'] == 4 and res['num_queries'] == 2 and 0 <= res['mAP'] <= 100
     saved = json.loads(open(osp.join(work, 'results.json')).read())
     assert saved['mAP'] == res['mAP'] and len(saved['rankings']) == 2
-    cache = json.loads(open(next(osp.join(work, 'gallery_cache', f) for f in sorted(__import__('os').listdir(
-        osp.join(work, 'gallery_cache'))) if f.endswith('.json') and f != 'fingerprint.json')).read())
+    from queryvision_mm.apis.mao_extract import iter_cache_meta
+    cache = json.loads(open(next(iter_cache_meta(osp.join(work, 'gallery_cache')))).read())
     assert cache['masks'] and set(cache['masks'][0]) == {'size', 'counts'}, 'SAM masks cached as COCO RLE'
     again = run_extract(cfg, work, progress=False)
     assert again['cached'] == 4 and again['computed'] == 0 and again['rankings'] == res['rankings']
@@ -132,7 +132,7 @@ def test_stage_a_lora_training_and_adapter_loading(models, tmp_path):  # noqa: F
         anns[f'q{i}.jpg'] = dict(bbox=[3, 3, 25, 25], ins=i, is_query=True, set='OWID')
     (tmp_path / 'anns.json').write_text(json.dumps(anns))
     cfg = Config.fromfile(osp.join(REPO, 'configs/mao/voxdet_dinov2_lora.py'))
-    assert cfg.model.lora.r == 256 and cfg.optim_wrapper.optimizer.lr == 5e-5 and cfg.param_scheduler.gamma == 0.93
+    assert cfg.model.lora.r == 256 and cfg.optim_wrapper.optimizer.lr == 5e-5 and cfg.param_scheduler.eta_end == 1e-6
     cfg.model.encoder.update(model_dir=str(mroot / 'dinov2'), input_size=28)
     cfg.model.lora.r = 4
     cfg.train_dataloader.update(batch_size=2, num_workers=0, persistent_workers=False)

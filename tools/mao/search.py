@@ -6,6 +6,12 @@
 
 Prints the ranked gallery images with their cosine scores; the grid shows the query (box in green) and the top-K
 gallery images overlaid with the LeGrad map of the query descriptor (where in each image the match comes from).
+
+Index flags: [--nprobe N] [--ef-search N] [--k-factor N] [--cpu] [--cfg-options index.type=hnsw ...]. The index was
+built by ``extract.py`` with the config's ``index`` settings (exact ``type='flat'`` unless the config or its
+``--cfg-options index.type=...`` says otherwise); loading checks that the config still asks for the same build
+settings. ``--nprobe`` (IVF), ``--ef-search`` (HNSW) and ``--k-factor`` (re-ranking) change search-time settings;
+``--cpu`` searches with faiss-cpu even when the config sets ``index.use_gpu``.
 """
 import argparse
 import os.path as osp
@@ -15,8 +21,20 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from _bootstrap import import_queryvision_mm  # noqa: E402
 
 
+def index_settings(index_cfg, nprobe=None, ef_search=None, k_factor=None, cpu=False) -> dict:
+    """The config's ``index`` dict with the command line's search-time settings (``DescriptorIndex.load`` checks the
+    build settings against the saved index and applies these)."""
+    out = dict(index_cfg or {})
+    for key, val in (('nprobe', nprobe), ('efSearch', ef_search), ('k_factor', k_factor)):
+        if val is not None:
+            out[key] = val
+    if cpu:
+        out['use_gpu'] = False
+    return out
+
+
 def main(argv=None):
-    from mmengine.config import Config
+    from mmengine.config import Config, DictAction
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('config')
     p.add_argument('query')
@@ -25,6 +43,12 @@ def main(argv=None):
     p.add_argument('--topk', type=int, default=5)
     p.add_argument('--out', default=None, help='PNG grid (default: WORK_DIR/search_<query name>.png)')
     p.add_argument('--no-heatmaps', action='store_true')
+    p.add_argument('--nprobe', type=int, default=None, help='IVF lists visited per query (search-time)')
+    p.add_argument('--ef-search', type=int, default=None, help='HNSW search breadth (search-time)')
+    p.add_argument('--k-factor', type=int, default=None, help='candidates re-ranked = k-factor x topk (refine)')
+    p.add_argument('--cpu', action='store_true', help='search with faiss-cpu even if index.use_gpu is set')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    p.add_argument('--device', default=None, help='cpu | cuda | cuda:N | auto (every model of the describer)')
     args = p.parse_args(argv)
     import_queryvision_mm()
     from mmengine.registry import DefaultScope
@@ -32,6 +56,12 @@ def main(argv=None):
     from queryvision_mm.apis.mao import draw_search_grid, read_rgb, search
     from queryvision_mm.utils.cli import default_work_dir
     cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.index = index_settings(cfg.get('index'), args.nprobe, args.ef_search, args.k_factor, args.cpu)
+    if args.device:
+        from queryvision_mm.apis.mao_extract import set_describer_options
+        set_describer_options(cfg, device=args.device)
     work_dir = cfg.get('work_dir') or default_work_dir(args.config)
     DefaultScope.get_instance('qv_mao_search', scope_name=cfg.get('default_scope', 'mmpretrain'))
     describer, q, results = search(cfg, args.index or osp.join(work_dir, 'index'), args.query, args.box, args.topk)

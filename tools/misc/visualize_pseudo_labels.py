@@ -3,7 +3,8 @@
     python tools/misc/visualize_pseudo_labels.py CONFIG CHECKPOINT --out out.png [--num-images 4]
 
 Images come from the unlabeled training set (second dataset of the ConcatDataset) run through the
-test pipeline, so boxes are drawn in the network-input frame.
+test pipeline, so boxes are drawn in the network-input frame, by QVPseudoLabelVisualizer (mmdet's
+DetLocalVisualizer; README "Visualization").
 """
 import argparse
 import copy

@@ -10,7 +10,8 @@
   ``proposals.json`` that the training set reads; then the default train / resume / AMP steps; as its "test", step 3:
   ``tools/mao/extract.py`` with the trained adapter merged (``describer.encoder.lora_adapter=<train>/lora_adapter``).
 
-``tools/mao/extract.py`` runs in one process (it has no distributed mode; issue 14 adds one), whatever ``--gpus``.
+``tools/mao/extract.py`` runs in one process here, whatever ``--gpus`` (its ``--launcher pytorch`` mode, which shards
+the gallery over the ranks, is tested against one process in ``tests/test_models/test_mao_extract_dist.py``).
 """
 import json
 import os
@@ -114,12 +115,11 @@ def check(out_dir: str, masks: bool, metrics: bool) -> dict:
         res = json.load(f)
     with open(osp.join(out_dir, 'proposals.json')) as f:
         proposals = json.load(f)
+    from queryvision_mm.apis.mao_extract import iter_cache_meta
     cached_masks = 0
-    cache = osp.join(out_dir, 'gallery_cache')
-    for name in os.listdir(cache):
-        if name.endswith('.json') and name != 'fingerprint.json':
-            with open(osp.join(cache, name)) as f:
-                cached_masks += len(json.load(f).get('masks') or [])
+    for meta in iter_cache_meta(osp.join(out_dir, 'gallery_cache')):   # sharded: <2 hex>/<2 hex>/<sha1>.json
+        with open(meta) as f:
+            cached_masks += len(json.load(f).get('masks') or [])
     facts = dict(gallery=res['gallery'], objects=res['objects'], fallback=res['fallback'], masks=cached_masks,
                  proposals=sum(len(b) for b in proposals.values()), mAP=res.get('mAP'))
     print(json.dumps(facts))

@@ -1,0 +1,3 @@
+from .exponential_decay import QVExponentialDecayLR
+
+__all__ = ['QVExponentialDecayLR']
