@@ -15,9 +15,16 @@ formats*, including the parts that break naive implementations:
   the image's first object, as V3Det groups images by category).
 
 Images are rendered with :mod:`demo_shapes`' placement rules (textured background, 1-4 shapes, tight visible boxes).
-Each category has its own hue (evenly spaced on the colour wheel, saturation and brightness jittered), so that a
-small detector trained from scratch on CPU can learn the image-level category cues in minutes (real V3Det
-categories are told apart by a pretrained backbone).
+Shape colours (``colours``):
+
+* ``'random'`` (default): one rule for every category -- a uniformly random hue, saturation 0.65-1, brightness
+  0.55-1 -- so colour says nothing about the category and a detector must tell the categories apart by **shape**, as
+  it would tell real V3Det categories apart by appearance (the CQ-DINO demo does so with the ImageNet-pretrained
+  EfficientNet-Lite0);
+* ``'hue'``: each category has its own hue (evenly spaced on the colour wheel, saturation and brightness jittered),
+  a colour shortcut that a small detector trained from scratch on CPU learns in minutes (generator version 2's only
+  mode; kept for experiments and tests that want an easy set).
+
 Layout written by :func:`generate_demo_v3det`::
 
     out_dir/
@@ -51,12 +58,14 @@ except ImportError:  # loaded as a standalone file (tools/misc/make_demo_data.py
     demo_shapes = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(demo_shapes)
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: colours option, default 'random' (category-independent); 2 had per-category hues only
 MARKER_NAME = '.complete'
 SPLITS = ('train', 'val')
 LABEL_FILE = 'annotations/category_name_demo_v3det.txt'
 TREE_FILE = 'annotations/demo_v3det_category_tree.json'
 ANN_FILES = dict(train='annotations/demo_v3det_train.json', val='annotations/demo_v3det_val.json')
+#: ``colours`` modes of :func:`generate_demo_v3det` (see the module docstring).
+COLOUR_MODES = ('random', 'hue')
 
 #: Raw class names in category-id order (ids 1..14), V3Det style.
 DEMO_V3DET_CLASSES = (
@@ -187,11 +196,22 @@ def _draw(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cls: str, cx: flo
 
 
 def class_colour(rng: np.random.Generator, cat_idx: int) -> np.ndarray:
-    """RGB fill of a shape of category index ``cat_idx``: the category's hue +- 4 degrees, saturation 0.65-1,
-    value 0.55-1."""
+    """``'hue'`` mode: RGB fill of a shape of category index ``cat_idx``: the category's hue +- 4 degrees, saturation
+    0.65-1, value 0.55-1."""
     import colorsys
     hue = (cat_idx / len(DEMO_V3DET_CLASSES) + rng.uniform(-4, 4) / 360) % 1.0
     return np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.65, 1.0), rng.uniform(0.55, 1.0))) * 255
+
+
+def random_colour(rng: np.random.Generator, cat_idx: int) -> np.ndarray:
+    """``'random'`` mode (default): the same rule whatever the category (``cat_idx`` is ignored): hue uniform on the
+    colour wheel, saturation 0.65-1, value 0.55-1 (the saturation/value ranges of ``'hue'`` mode)."""
+    import colorsys
+    del cat_idx
+    return np.array(colorsys.hsv_to_rgb(rng.uniform(0.0, 1.0), rng.uniform(0.65, 1.0), rng.uniform(0.55, 1.0))) * 255
+
+
+_COLOUR_FNS = dict(random=random_colour, hue=class_colour)
 
 
 def shape_mask(rng: np.random.Generator, cls: str, width: int, height: int) -> Tuple[np.ndarray, float]:
@@ -205,9 +225,9 @@ def shape_mask(rng: np.random.Generator, cls: str, width: int, height: int) -> T
     return full[pad:pad + height, pad:pad + width], float(full.sum())
 
 
-def _params(num_train: int, num_val: int, size: int, seed: int) -> Dict[str, Any]:
+def _params(num_train: int, num_val: int, size: int, seed: int, colours: str) -> Dict[str, Any]:
     return dict(generator_version=GENERATOR_VERSION, num_train=int(num_train), num_val=int(num_val),
-                image_size=int(size), seed=int(seed), jpeg_quality=demo_shapes.JPEG_QUALITY)
+                image_size=int(size), seed=int(seed), colours=colours, jpeg_quality=demo_shapes.JPEG_QUALITY)
 
 
 def _categories() -> List[dict]:
@@ -217,16 +237,20 @@ def _categories() -> List[dict]:
 
 
 def generate_demo_v3det(out_dir: str, num_train: int = 240, num_val: int = 48, image_size: int = 160, seed: int = 0,
-                        overwrite: bool = False) -> Dict[str, str]:
-    """Generate (or reuse, when ``out_dir/.complete`` matches the parameters) the demo V3Det set.
+                        overwrite: bool = False, colours: str = 'random') -> Dict[str, str]:
+    """Generate (or reuse, when ``out_dir/.complete`` matches the parameters, generator version and ``colours``
+    included) the demo V3Det set. ``colours``: ``'random'`` (category-independent, default) or ``'hue'``
+    (per-category hue), see the module docstring.
 
     Returns the paths: ``data_root``, ``label_file``, ``tree_file``, ``train``, ``val`` (absolute)."""
+    if colours not in COLOUR_MODES:
+        raise ValueError(f'colours must be one of {COLOUR_MODES}, got {colours!r}')
     for name, value in (('num_train', num_train), ('num_val', num_val)):
         if int(value) < 0:
             raise ValueError(f'{name} must be >= 0, got {value}')
     if int(image_size) < 64:
         raise ValueError(f'image_size must be at least 64, got {image_size}')
-    params = _params(num_train, num_val, image_size, seed)
+    params = _params(num_train, num_val, image_size, seed, colours)
     paths = dict(data_root=out_dir, label_file=osp.join(out_dir, LABEL_FILE), tree_file=osp.join(out_dir, TREE_FILE),
                  train=osp.join(out_dir, ANN_FILES['train']), val=osp.join(out_dir, ANN_FILES['val']))
     marker = osp.join(out_dir, MARKER_NAME)
@@ -251,7 +275,7 @@ def generate_demo_v3det(out_dir: str, num_train: int = 240, num_val: int = 48, i
             w = int(round(rng.uniform(0.85, 1.0) * image_size))
             h = int(round(rng.uniform(0.85, 1.0) * image_size))
             pixels, objects = demo_shapes.render_image(rng, w, h, DEMO_V3DET_CLASSES, shape_mask, max_shapes=4,
-                                                       colour=class_colour)
+                                                       colour=_COLOUR_FNS[colours])
             img_id += 1
             folder = node_of[objects[0][0]] if objects else 'n00000001'
             file_name = f'images/{folder}/{split}_{img_id:06d}.jpg'
@@ -276,15 +300,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--num-val', type=int, default=48)
     parser.add_argument('--size', type=int, default=160, help='nominal square image size')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--colours', choices=COLOUR_MODES, default='random',
+                        help="shape colours: 'random' (same rule for every category: shape is the only cue; default) "
+                             "or 'hue' (each category its own hue: a colour shortcut)")
     parser.add_argument('--overwrite', action='store_true')
     args = parser.parse_args(argv)
     try:
-        paths = generate_demo_v3det(args.out_dir, args.num_train, args.num_val, args.size, args.seed, args.overwrite)
+        paths = generate_demo_v3det(args.out_dir, args.num_train, args.num_val, args.size, args.seed, args.overwrite,
+                                    colours=args.colours)
     except ValueError as e:
         print(f'error: {e}')
         return 1
     print(f"demo V3Det dataset ready in {paths['data_root']}: {len(DEMO_V3DET_CLASSES)} classes, "
-          f"tree {paths['tree_file']}")
+          f"colours {args.colours!r}, tree {paths['tree_file']}")
     for key in SPLITS:
         with open(paths[key], encoding='utf-8') as f:
             coco = json.load(f)

