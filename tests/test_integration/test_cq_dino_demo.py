@@ -70,7 +70,7 @@ def test_stage1_then_stage2_then_test(tiny_v3det, tmp_path):
 
 
 @pytest.mark.parametrize('name', ['demo_v3det_stage1', 'demo_v3det'])
-def test_demo_configs_use_pretrained_lite0(name):
+def test_demo_configs_use_pretrained_lite0(name, tiny_v3det):
     from mmdet.registry import MODELS
 
     from queryvision_mm.models.backbones.efficientnet_lite import build_efficientnet_lite
@@ -85,6 +85,10 @@ def test_demo_configs_use_pretrained_lite0(name):
     assert pre.mean == [127.0] * 3 and pre.std == [128.0] * 3 and pre.bgr_to_rgb  # official Lite normalisation
     keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
     assert keys['backbone']['lr_mult'] == 0.1 and keys['language_model']['lr_mult'] == 1.0
+    # the shipped config points at data/demo_v3det (written by run_demo.sh); a fresh clone has none: use the fixture's
+    tree = osp.join(tiny_v3det['data_root'], 'annotations/demo_v3det_category_tree.json')
+    cfg.model.language_model.relation.tree_file = tree
+    cfg.model.hierarchy.tree_file = tree
     model = MODELS.build(cfg.model)
     model.init_weights()
     # the selector reads the raw last backbone level (320 channels), the transformer the neck's
