@@ -54,7 +54,8 @@ def parse_args(argv=None):
 def _import_package():
     if importlib.util.find_spec('queryvision_mm') is None:  # a source checkout that is not installed
         sys.path.insert(0, REPO_ROOT)
-    import queryvision_mm  # noqa: F401  (registers our modules; safe weights_only checkpoint loading)
+    import queryvision_mm  # noqa: F401  (detection modules; the inferencers import the QKS plugin and apply the
+    # safe weights_only checkpoint loading themselves)
 
 
 def _is_classifier(model: str) -> bool:

@@ -29,14 +29,20 @@ def load_module_from_path(name, path):
 
 @pytest.fixture(autouse=True)
 def _mmdet_scope(request):
-    """Every test runs with mmdet's default scope and our modules registered; modules that set
-    ``DEFAULT_SCOPE = 'mmpretrain'`` (classification / retrieval) get mmpretrain's."""
+    """Every test runs with mmdet's default scope, our detection modules registered and the safe checkpoint-loading
+    shim applied explicitly (``import queryvision_mm`` does not apply it); modules that set
+    ``DEFAULT_SCOPE = 'mmpretrain'`` (classification / retrieval) get mmpretrain's scope and our QKS / MaO modules
+    (``queryvision_mm.mmpretrain_plugin``)."""
     import queryvision_mm  # noqa: F401
     from mmdet.utils import register_all_modules
     from mmengine.registry import DefaultScope
+
+    from queryvision_mm.utils.checkpoint import setup_safe_checkpoint_loading
+    setup_safe_checkpoint_loading()
     register_all_modules(init_default_scope=False)
     scope = getattr(request.module, 'DEFAULT_SCOPE', 'mmdet')
     if scope == 'mmpretrain':
+        import queryvision_mm.mmpretrain_plugin  # noqa: F401
         from mmpretrain.utils import register_all_modules as register_mmpretrain
         register_mmpretrain(init_default_scope=False)
     name = f'qv-test-{os.getpid()}-{id(object())}'
@@ -49,7 +55,7 @@ def _mmdet_scope(request):
 @pytest.fixture(scope='session')
 def tiny_demo_data(tmp_path_factory):
     """A small copy of the embedded demo data (8 labeled, 16 unlabeled, 6 val images of ~112 px)."""
-    from queryvision_mm.datasets import generate_demo_shapes
+    from queryvision_mm.testing.demo_data import generate_demo_shapes
     root = tmp_path_factory.mktemp('demo_shapes')
     generate_demo_shapes(str(root), num_labeled=8, num_unlabeled=16, num_val=6, image_size=112, seed=0)
     return str(root)

@@ -8,8 +8,9 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def import_queryvision_mm():
-    """Import the plugin (repo root on ``sys.path`` if it is not installed): registers all modules and applies
-    the safe checkpoint-loading shim (idempotent)."""
+    """Import the plugin (repo root on ``sys.path`` if it is not installed): registers the detection modules (a
+    config's ``custom_imports`` adds ``queryvision_mm.mmpretrain_plugin`` for QKS / MaO) and applies the safe
+    checkpoint-loading shim explicitly (idempotent; ``import queryvision_mm`` alone does not)."""
     if importlib.util.find_spec('queryvision_mm') is None:
         sys.path.insert(0, REPO_ROOT)
     import queryvision_mm  # noqa: F401

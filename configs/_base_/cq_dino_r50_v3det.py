@@ -1,4 +1,4 @@
-# CQ-DINO (category-query DINO) on V3Det, ResNet-50, mmdet 3.3 edition. Facts: ../shared spec cq_dino.md §1-6
+# CQ-DINO (category-query DINO) on V3Det, ResNet-50, mmdet 3.3 edition. Facts: README "CQ-DINO"
 # (official code RedAIGC/CQ-DINO, a fork of mmdet 3.3). The detector is mmdet's Grounding DINO with its BERT branch
 # replaced by QVCategoryQuerySelector; dataset, metric and schedule follow the official V3Det configs.
 # Before training: python tools/misc/make_category_embeddings.py \
@@ -7,7 +7,9 @@
 # (or set model.language_model.embed_file=None for a random initialisation).
 _base_ = 'mmdet::grounding_dino/grounding_dino_r50_scratch_8xb2_1x_coco.py'
 
-custom_imports = dict(imports=['queryvision_mm'], allow_failed_imports=False)
+# queryvision_mm: the detection plugin (mmdet registries); queryvision_mm.safe_load: applies the safe
+# (weights_only) checkpoint-loading shim, also for mmdet's own tools/train.py (queryvision_mm/safe_load.py)
+custom_imports = dict(imports=['queryvision_mm', 'queryvision_mm.safe_load'], allow_failed_imports=False)
 
 data_root = 'data/V3Det/'
 num_classes = 13204

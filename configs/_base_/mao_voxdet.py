@@ -2,7 +2,10 @@
 # (threshold 0.2, NMS 0.4), SAM ViT-H box masks, object-centred crops (side >= the encoder's input size), stage B
 # multi-object attention optimisation (one vector per image, 80 AdamW steps, lr 0.1, alpha 0.03, LeGrad on the last
 # block), exact inner-product FAISS search over the whole gallery. Local weights only (see README, "MaO").
-custom_imports = dict(imports=['queryvision_mm'], allow_failed_imports=False)
+# queryvision_mm.mmpretrain_plugin: QKS / MaO modules in mmpretrain's registries (queryvision_mm/mmpretrain_plugin.py);
+# queryvision_mm.safe_load: applies the safe (weights_only) checkpoint-loading shim (queryvision_mm/safe_load.py)
+custom_imports = dict(imports=['queryvision_mm.mmpretrain_plugin', 'queryvision_mm.safe_load'],
+                      allow_failed_imports=False)
 default_scope = 'mmpretrain'
 
 data_root = 'data/VoxDet-SoIR/'

@@ -1,31 +1,34 @@
 # Semi-DETR (CVPR 2023) on COCO-Partial, mmdet 3.3 edition.
-# Every value is traceable to ../shared/specs/sparse_semi_detr.md §1 (official code JCZ404/Semi-DETR):
-#   §1.2 detector, §1.3 wrapper/EMA, §1.4 pseudo-labels, §1.5 matching, §1.6 consistency, §1.7 pipelines,
-#   §1.8 sampler/optimiser/schedule. The DINO-R50 detector itself comes from mmdet's own config.
+# Every value follows the official code (JCZ404/Semi-DETR, mmdet 2.x); a tag names the part of it a value comes from:
+#   [official detector], [official wrapper/EMA], [official pseudo-labels], [official matching], [official consistency],
+#   [official pipelines], [official schedule] (sampler/optimiser/schedule). README "Semi-DETR" (Configs, Flags,
+#   Deviations) documents them. The DINO-R50 detector itself comes from mmdet's own config.
 _base_ = 'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py'
 
-custom_imports = dict(imports=['queryvision_mm'], allow_failed_imports=False)
+# queryvision_mm: the detection plugin (mmdet registries); queryvision_mm.safe_load: applies the safe
+# (weights_only) checkpoint-loading shim, also for mmdet's own tools/train.py (queryvision_mm/safe_load.py)
+custom_imports = dict(imports=['queryvision_mm', 'queryvision_mm.safe_load'], allow_failed_imports=False)
 
-max_iters = 120000  # §1.8 COCO-Partial
-switch_iter = 60000  # §1.2 warm_up_step: one-to-many until 60k, then one-to-one
-val_interval = 4000  # §1.3 SubModulesDistEvalHook(interval=4000)
-batch_size = 5  # per GPU, 8 GPUs -> 40 (§1.8)
+max_iters = 120000  # [official schedule] COCO-Partial
+switch_iter = 60000  # [official detector] warm_up_step: one-to-many until 60k, then one-to-one
+val_interval = 4000  # [official wrapper/EMA] SubModulesDistEvalHook(interval=4000)
+batch_size = 5  # per GPU, 8 GPUs -> 40 ([official schedule])
 source_ratio = [1, 4]  # labeled : unlabeled
 
 # ---------------------------------------------------------------- detector (student = teacher architecture)
 detector = _base_.model
 detector.type = 'QVSemiDINO'
-# §1.2 the official input projections are Conv2d with bias + GroupNorm (GN does not cancel a per-channel bias);
+# [official detector] input projections are Conv2d with bias + GroupNorm (GN does not cancel a per-channel bias);
 # mmdet's DINO ChannelMapper drops it (bias='auto' with a norm). Official checkpoints load with it
 detector.neck.bias = True
-detector.dn_cfg.box_noise_scale = 0.4  # §1.2 dn_box_noise_scale (mmdet default 1.0)
+detector.dn_cfg.box_noise_scale = 0.4  # [official detector] dn_box_noise_scale (mmdet default 1.0)
 detector.bbox_head.type = 'QVSemiDETRHead'
-detector.bbox_head.sync_cls_avg_factor = False  # §1.5 official O2O focal loss is not synced across GPUs
+detector.bbox_head.sync_cls_avg_factor = False  # [official matching] official O2O focal loss is not synced across GPUs
 detector.bbox_head.loss_cls = dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=2.0)
-detector.bbox_head.l1_double_count = True  # §1.2 effective L1 weight 10 (loss_bbox_xy + loss_bbox_hw)
-detector.bbox_head.o2m_assigner = dict(type='QVO2MAssigner', topk=13, alpha=1.0, beta=6.0)  # §1.5
+detector.bbox_head.l1_double_count = True  # [official detector] effective L1 weight 10 (loss_bbox_xy + loss_bbox_hw)
+detector.bbox_head.o2m_assigner = dict(type='QVO2MAssigner', topk=13, alpha=1.0, beta=6.0)  # [official matching]
 detector.bbox_head.loss_cls_o2m = dict(type='QualityFocalLoss', use_sigmoid=True, beta=2.0, loss_weight=2.0)
-detector.bbox_head.nms_cfg = dict(score_thr=0.01, iou_threshold=0.6, max_per_img=300)  # §1.4 / §1.5
+detector.bbox_head.nms_cfg = dict(score_thr=0.01, iou_threshold=0.6, max_per_img=300)  # [official pseudo-labels]
 detector.bbox_head.enc_class_agnostic = True  # official head: encoder proposals trained as objectness (label 0)
 
 model = dict(
@@ -36,17 +39,17 @@ model = dict(
     semi_train_cfg=dict(
         freeze_teacher=True,
         sup_weight=1.0,
-        unsup_weight=4.0,  # §1.3 Partial/VOC (Full: 2.0)
-        cls_pseudo_thr=0.4,  # §1.4 set A
+        unsup_weight=4.0,  # [official wrapper/EMA] Partial/VOC (Full: 2.0)
+        cls_pseudo_thr=0.4,  # [official pseudo-labels] set A
         min_pseudo_bbox_wh=(1e-2, 1e-2),
-        pseudo_nms=True,  # §1.4 NMS on pseudo-labels in both stages
-        adaptive_pseudo_thr=True,  # §1.4 mean + std
-        use_gmm_mining=True,  # §1.4 set B (consistency only)
-        consistency_in_o2o=False,  # §1.6 loss weights zeroed after the switch
-        dn_on_pseudo_in_o2m=False,  # §1.5 pseudo DN loss zeroed in the O2M stage
+        pseudo_nms=True,  # [official pseudo-labels] NMS on pseudo-labels in both stages
+        adaptive_pseudo_thr=True,  # [official pseudo-labels] mean + std
+        use_gmm_mining=True,  # [official pseudo-labels] set B (consistency only)
+        consistency_in_o2o=False,  # [official consistency] loss weights zeroed after the switch
+        dn_on_pseudo_in_o2m=False,  # [official matching] pseudo DN loss zeroed in the O2M stage
         train_empty_pseudo=True),  # official: no pseudo-label -> all-background targets, still x unsup_weight
-    semi_test_cfg=dict(predict_on='student', nms='auto'),  # §1.3 inference_on='student'
-    consistency_cfg=dict(  # §1.6
+    semi_test_cfg=dict(predict_on='student', nms='auto'),  # [official wrapper/EMA] inference_on='student'
+    consistency_cfg=dict(  # [official consistency]
         roi_extractor=dict(
             type='SingleRoIExtractor',
             roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
@@ -56,7 +59,7 @@ model = dict(
         num_groups=5,
         loss_weight=10.0))
 
-# ---------------------------------------------------------------- data (§1.7)
+# ---------------------------------------------------------------- data ([official pipelines])
 dataset_type = 'CocoDataset'
 data_root = 'data/coco/'
 backend_args = None
@@ -165,7 +168,7 @@ dup_metric = dict(type='QVDuplicateRateMetric', score_thr=0.3, iou_thr=0.7)
 val_evaluator = [coco_metric, dup_metric]
 test_evaluator = val_evaluator
 
-# ---------------------------------------------------------------- schedule (§1.8)
+# ---------------------------------------------------------------- schedule ([official schedule])
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters, val_interval=val_interval)
 val_cfg = dict(_delete_=True, type='TeacherStudentValLoop')
 test_cfg = dict(_delete_=True, type='TestLoop')
@@ -180,7 +183,7 @@ param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, 
 auto_scale_lr = dict(enable=False, base_batch_size=40)
 
 custom_hooks = [
-    dict(type='QVMeanTeacherHook', momentum=0.001, interval=1, skip_buffer=True, ramp=True, warm_up=0),  # §1.3
+    dict(type='QVMeanTeacherHook', momentum=0.001, interval=1, skip_buffer=True, ramp=True, warm_up=0),  # [official]
     dict(type='QVStageSwitchHook', switch_iter=switch_iter),
 ]
 default_hooks = dict(

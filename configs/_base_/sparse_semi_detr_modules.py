@@ -1,6 +1,6 @@
 # Sparse Semi-DETR (CVPR 2024) modules, shared by configs/sparse_semi_detr/*.py, which inherit the Semi-DETR
 # config of the same setting plus this file and set ``model = _base_.sparse_semi_detr``.
-# Defaults = the paper's best ablation rows (README "Sparse Semi-DETR"; spec sparse_semi_detr.md "§5 paper text"):
+# Defaults = the paper's best ablation rows (README "Sparse Semi-DETR", "Configs (supplement Table 8)"):
 # attention on the high-resolution branch (supp. Table 10 d), similarity selection on (Table 11), no MLP (Table 5c),
 # refinement on weak-view features, refined queries in the student only (Table 5b), m = 6 groups x top-4 (Table 6
 # a/b), tau = 0.4 (Table 6c = semi_train_cfg.cls_pseudo_thr). Ablation 5(a): set qrm_cfg and/or rpfm_cfg to None.

@@ -1,6 +1,6 @@
 # MaO demo on a tiny small-object gallery built from real photos shipped by installed packages
-# (queryvision_mm/datasets/demo_photos.py: 12 gallery photos with a gift box, a coffee cup and a cat's head pasted at
-# 26-40 px, 6 queries). No OWLv2 / SAM / CLIP weights can be downloaded here, so the three models are random
+# (queryvision_mm/testing/demo_data/demo_photos.py: 12 gallery photos with a gift box, a coffee cup and a cat's head
+# pasted at 26-40 px, 6 queries). No OWLv2 / SAM / CLIP weights can be downloaded here, so the three models are random
 # stand-ins of the real classes (data/demo_mao/{owlv2_random,sam_random.pth,clip_random}) loaded through the real
 # loaders: the demo runs extract -> stage B -> index -> search end to end; its mAP is not meaningful.
 #   bash tools/run_demo.sh configs/mao/demo_photos.py

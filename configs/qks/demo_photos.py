@@ -1,6 +1,6 @@
 # QKS demo on real photos shipped by installed packages (scikit-image, scikit-learn, matplotlib), 16 seen / 7 unseen
-# labels (queryvision_mm/datasets/demo_photos.py). Everything is the NUS-WIDE recipe (ASL, max over query tokens,
-# prompt-pool label embeddings, seen-only validation, ZSL/GZSL test) at toy size so that it trains on a CPU in about a
+# labels (queryvision_mm/testing/demo_data/demo_photos.py). Everything is the NUS-WIDE recipe (ASL, max over query
+# tokens, prompt-pool label embeddings, seen-only validation, ZSL/GZSL test) at toy size so that it trains on a CPU in about a
 # minute. No CLIP weights can be downloaded here, so the frozen CLIP is open_clip's CLIP with random weights saved to
 # data/demo_qks/clip_random: the demo shows the pipeline end to end and that seen labels are learnt; zero-shot
 # numbers need real weights (change clip_dir and the embedding file). The whole job:

@@ -10,7 +10,10 @@
 # (checkpoints/clip_vit_b16_openai.bin = open_clip_pytorch_model.bin of timm/vit_base_patch16_clip_224.openai).
 _base_ = 'mmpretrain::_base_/default_runtime.py'
 
-custom_imports = dict(imports=['queryvision_mm'], allow_failed_imports=False)
+# queryvision_mm.mmpretrain_plugin: QKS / MaO modules in mmpretrain's registries (queryvision_mm/mmpretrain_plugin.py);
+# queryvision_mm.safe_load: applies the safe (weights_only) checkpoint-loading shim (queryvision_mm/safe_load.py)
+custom_imports = dict(imports=['queryvision_mm.mmpretrain_plugin', 'queryvision_mm.safe_load'],
+                      allow_failed_imports=False)
 default_scope = 'mmpretrain'
 
 data_root = 'data/nuswide/'

@@ -1,5 +1,6 @@
 # Semi-DETR, COCO-Full: train2017 labeled + unlabeled2017, 8 GPUs x 8 images (1:1), 240k iterations,
-# one-to-one from 120k, unsup weight 2.0, AdamW 1e-4 with x0.1 steps at 120k and 160k (spec §1.3, §1.8).
+# one-to-one from 120k, unsup weight 2.0, AdamW 1e-4 with x0.1 steps at 120k and 160k
+# (official wrapper and schedule; README "Semi-DETR").
 # unlabeled2017 json: image_info_unlabeled2017.json with train2017 categories (README "Datasets").
 _base_ = '../_base_/semi_detr_dino-4scale_r50_coco.py'
 

@@ -1,6 +1,6 @@
 # Semi-DETR, Pascal VOC: VOC07 trainval labeled, VOC12 trainval unlabeled, VOC07 test; COCO-format jsons
 # (README "Datasets": tools/dataset_converters/pascal_voc.py from mmdet). 8 GPUs x 5 (1:4), 80k iterations,
-# one-to-one from 40k, unsup weight 4, AdamW 1e-4 constant (spec §1.2, §1.8). Metric: COCO AP and AP50.
+# one-to-one from 40k, unsup weight 4, AdamW 1e-4 constant (official detector and schedule). Metric: COCO AP and AP50.
 _base_ = '../_base_/semi_detr_dino-4scale_r50_coco.py'
 
 max_iters = 80000

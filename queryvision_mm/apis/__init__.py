@@ -6,7 +6,10 @@ __all__ = ['QVDetInferencer', 'QVMultiLabelInferencer']
 
 
 def __getattr__(name):
-    if name in __all__:
-        from . import inferencers
-        return getattr(inferencers, name)
+    if name == 'QVDetInferencer':  # mmdet only
+        from .inferencers import QVDetInferencer
+        return QVDetInferencer
+    if name == 'QVMultiLabelInferencer':  # mmpretrain (QKS)
+        from .multilabel_inferencer import QVMultiLabelInferencer
+        return QVMultiLabelInferencer
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

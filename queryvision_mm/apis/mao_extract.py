@@ -221,8 +221,11 @@ def _write_entry(cache_dir: str, img_path: str, out: Dict) -> None:
 # ----------------------------------------------------------------------------------------------------- set-up
 def set_describer_options(cfg, device: Optional[str] = None, amp: Optional[str] = None,
                           batch_size: Optional[int] = None) -> None:
-    """Command-line overrides of the describer's run-time settings (``cfg.describer`` or ``cfg.model``)."""
+    """Command-line overrides of the describer's run-time settings (``cfg.describer``, else ``cfg.model`` or the
+    ``describer`` of a ``QVMaORetriever`` model: ``apis.mao.describer_cfg``)."""
     dcfg = cfg.get('describer') or cfg.model
+    if dcfg.get('type') == 'QVMaORetriever':
+        dcfg = dcfg.describer
     for key, value in (('device', device), ('amp', amp), ('batch_size', batch_size)):
         if value is not None:
             dcfg[key] = value

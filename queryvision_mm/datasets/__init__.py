@@ -1,12 +1,14 @@
+"""Datasets and transforms. Imported here: what detection uses (``CategoryHierarchy``, ``QVLoadImageFromFile``).
+The mmpretrain datasets (QKS's ``QVZSLMultiLabelDataset``, MaO's SoIR datasets) are imported by
+:mod:`queryvision_mm.mmpretrain_plugin` and resolve here on first access. The demo-data generators live in
+:mod:`queryvision_mm.testing.demo_data` (not part of the runtime package)."""
+from .._lazy import lazy_module_getattr
 from .category_hierarchy import CategoryHierarchy, HierarchyError
-from .demo_shapes import DEMO_CLASSES, generate_demo_shapes
-from .demo_v3det import DEMO_V3DET_CLASSES, generate_demo_v3det
 from .loading import QVLoadImageFromFile
-from .soir import QVSoIRDataset, QVSoIRPairDataset, load_soir_annotations, qv_scene_collate
-from .soir_retrieval import QVSoIRRetrievalDataset
-from .zsl_multilabel import QVZSLMultiLabelDataset
 
-__all__ = ['CategoryHierarchy', 'DEMO_CLASSES', 'DEMO_V3DET_CLASSES', 'HierarchyError', 'generate_demo_shapes',
-           'generate_demo_v3det', 'QVLoadImageFromFile', 'QVSoIRDataset', 'QVSoIRPairDataset',
-           'QVSoIRRetrievalDataset',
-           'QVZSLMultiLabelDataset', 'load_soir_annotations', 'qv_scene_collate']
+__all__ = ['CategoryHierarchy', 'HierarchyError', 'QVLoadImageFromFile']
+__getattr__ = lazy_module_getattr(__name__, {
+    'QVSoIRDataset': '.soir', 'QVSoIRPairDataset': '.soir', 'load_soir_annotations': '.soir',
+    'qv_scene_collate': '.soir', 'QVSoIRRetrievalDataset': '.soir_retrieval',
+    'QVZSLMultiLabelDataset': '.zsl_multilabel'
+})

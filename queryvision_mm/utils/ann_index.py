@@ -1,6 +1,6 @@
 """Approximate FAISS indexes for MaO gallery search at scale, chosen by a small config dict.
 
-MaO (arXiv 2503.07038; official ``search_index.py``, our spec §1.5) searches one L2-normalised descriptor per
+MaO (arXiv 2503.07038; official ``search_index.py``; README "MaO") searches one L2-normalised descriptor per
 gallery image with an exhaustive inner product (``IndexFlatIP``). That stays the default (``type='flat'``) and is what
 benchmark mAP uses. For millions of images this module builds FAISS's own approximate indexes through
 ``faiss.index_factory`` -- nothing is re-implemented here -- always with ``METRIC_INNER_PRODUCT`` (= cosine on

@@ -13,7 +13,10 @@ and its checkpoints reference globals outside the default allow-list:
   ``__qualname__`` pickles as ``getattr(HistoryBuffer, 'min')``. Allow-listing ``getattr`` would let a
   checkpoint fetch any attribute of any allow-listed object, so we do **not** do that.
 
-:func:`setup_safe_checkpoint_loading` (idempotent, run when ``queryvision_mm.utils`` is imported):
+:func:`setup_safe_checkpoint_loading` (idempotent). ``import queryvision_mm`` does **not** apply it; it is applied
+explicitly: importing :mod:`queryvision_mm.safe_load` (whose only purpose that is; every shipped config lists it in
+``custom_imports``, so mmdet's / mmpretrain's own ``tools/train.py`` get it too), ``tools/_bootstrap.py``'s
+``import_queryvision_mm`` (all our tools), the inferencers and ``tests/conftest.py``. It:
 
 1. patches ``HistoryBuffer.__getstate__``/``__setstate__`` so the pickled state is plain data
    (``max_length``, ``_log_history``, ``_count_history``); the statistics methods are not saved and are
@@ -177,8 +180,8 @@ def _unsafe_checkpoint_message(filename: str, err: BaseException) -> str:
     if legacy:
         lines.append(
             'This is a legacy mmengine checkpoint: its message-hub HistoryBuffers were pickled with their '
-            'statistics methods (builtins.getattr), which safe loading refuses. Checkpoints saved after '
-            '`import queryvision_mm` do not have this problem.')
+            'statistics methods (builtins.getattr), which safe loading refuses. Checkpoints saved with the '
+            'safe-loading shim applied (`import queryvision_mm.safe_load`, our tools) do not have this problem.')
     lines += [
         'If (and only if) you trust this file, either',
         f'  * convert it once: python {_CONVERTER} {shlex.quote(filename)} {shlex.quote(stem + "_safe" + ext)}',

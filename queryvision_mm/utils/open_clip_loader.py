@@ -11,6 +11,22 @@ import os.path as osp
 from contextlib import contextmanager
 from typing import Optional, Tuple
 
+#: The open_clip release whose private ``VisionTransformer._embeds`` / ``._pool`` LeGrad (MaO) calls (no public API
+#: returns the token embeddings before the first block); pinned in requirements/optional.txt.
+OPEN_CLIP_PRIVATE_API_VERSION = '3.3.0'
+
+
+def check_open_clip_private_api(user: str) -> None:
+    """Raise a clear error unless the installed open_clip is :data:`OPEN_CLIP_PRIVATE_API_VERSION`, whose private
+    ``VisionTransformer._embeds`` / ``_pool`` ``user`` relies on."""
+    import open_clip
+    version = getattr(open_clip, '__version__', 'unknown')
+    if version != OPEN_CLIP_PRIVATE_API_VERSION:
+        raise RuntimeError(
+            f'{user} uses open_clip private API (VisionTransformer._embeds / _pool) verified with open_clip_torch=='
+            f'{OPEN_CLIP_PRIVATE_API_VERSION} (requirements/optional.txt); installed: {version}. Install that '
+            f'version: pip install open_clip_torch=={OPEN_CLIP_PRIVATE_API_VERSION}')
+
 
 @contextmanager
 def _offline():

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, load_module_from_path
-from queryvision_mm.datasets import demo_photos
+from queryvision_mm.testing.demo_data import demo_photos
 
 DEFAULT_SCOPE = 'mmpretrain'
 

@@ -1,4 +1,4 @@
-"""Tests for queryvision_mm/datasets/demo_shapes.py (numpy + Pillow only, no mmdet).
+"""Tests for queryvision_mm/testing/demo_data/demo_shapes.py (numpy + Pillow only, no mmdet).
 
 The module is loaded from its file path so that ``queryvision_mm/datasets/__init__.py`` (which may
 import mmdet) is not executed.
@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import load_module_from_path
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-MODULE_PATH = osp.join(REPO_ROOT, 'queryvision_mm', 'datasets', 'demo_shapes.py')
+MODULE_PATH = osp.join(REPO_ROOT, 'queryvision_mm', 'testing', 'demo_data', 'demo_shapes.py')
 
 
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from queryvision_mm.datasets import CategoryHierarchy, DEMO_V3DET_CLASSES, generate_demo_v3det
-from queryvision_mm.datasets import demo_v3det
+from queryvision_mm.datasets import CategoryHierarchy
+from queryvision_mm.testing.demo_data import DEMO_V3DET_CLASSES, generate_demo_v3det
+from queryvision_mm.testing.demo_data import demo_v3det
 
 
 @pytest.fixture(scope='module')

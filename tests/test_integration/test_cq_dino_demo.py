@@ -16,7 +16,7 @@ from test_integration.test_tools import PY, run
 
 @pytest.fixture(scope='module')
 def tiny_v3det(tmp_path_factory):
-    from queryvision_mm.datasets import generate_demo_v3det
+    from queryvision_mm.testing.demo_data import generate_demo_v3det
     return generate_demo_v3det(str(tmp_path_factory.mktemp('demo_v3det')), num_train=8, num_val=3, image_size=112)
 
 

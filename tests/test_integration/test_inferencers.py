@@ -79,7 +79,7 @@ def cq_dino_setup(tmp_path_factory):
     from mmengine.registry import DefaultScope
     from mmdet.registry import DATASETS
 
-    from queryvision_mm.datasets import generate_demo_v3det
+    from queryvision_mm.testing.demo_data import generate_demo_v3det
     root = tmp_path_factory.mktemp('demo_v3det')
     paths = generate_demo_v3det(str(root), num_train=2, num_val=2, image_size=64)
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'cq_dino', 'demo_v3det.py'))

@@ -67,5 +67,6 @@ def test_reduction_weight_and_registries():
     x = torch.randn(3, 4)
     y = (torch.rand(3, 4) > 0.5).float()
     torch.testing.assert_close(loss(x, y), 1000 * asymmetric_loss(x, y, 0, 4, 0, 1e-8).mean())
+    import queryvision_mm.mmpretrain_plugin  # noqa: F401  (registers it in mmpretrain's MODELS too)
     from mmpretrain.registry import MODELS as PRETRAIN_MODELS
     assert PRETRAIN_MODELS.get('QVAsymmetricLoss') is QVAsymmetricLoss

@@ -28,7 +28,7 @@ needs_reference = pytest.mark.skipif(
 HEAD_KEYS = ['_conv_head.weight'] + [f'_bn1.{p}' for p in ('weight', 'bias', 'running_mean', 'running_var',
                                                            'num_batches_tracked')] + ['_fc.weight', '_fc.bias']
 PHOTO_SIZE = 224
-# a varied subset of queryvision_mm.datasets.demo_photos (CPU time): cat, cup, portrait, people, vehicles, scenes
+# a varied subset of queryvision_mm.testing.demo_data.demo_photos (CPU time): cat, cup, portrait, people, vehicles, scenes
 PHOTO_KEYS = ('chelsea', 'coffee', 'astronaut', 'grace_hopper', 'camera', 'motorcycle_left', 'rocket', 'china')
 
 
@@ -41,11 +41,11 @@ def package_state():
 
 @pytest.fixture(scope='module')
 def photos():
-    """Real photos shipped by scikit-image, scikit-learn and matplotlib (queryvision_mm.datasets.demo_photos), resized
+    """Real photos shipped by scikit-image, scikit-learn and matplotlib (queryvision_mm.testing.demo_data.demo_photos), resized
     to 224 x 224 and normalised as the EfficientNet-Lite release: RGB, (x - 127) / 128."""
     from PIL import Image
 
-    from queryvision_mm.datasets.demo_photos import load_rgb, locate_photos
+    from queryvision_mm.testing.demo_data.demo_photos import load_rgb, locate_photos
     paths = locate_photos(PHOTO_KEYS)
     arrays = [np.asarray(load_rgb(p).resize((PHOTO_SIZE, PHOTO_SIZE), Image.BICUBIC), dtype=np.float32)
               for p in paths.values()]

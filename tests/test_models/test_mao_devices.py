@@ -146,7 +146,7 @@ def test_amp_reaches_the_encoder_and_stage_b_stays_fp32(models):  # noqa: F811
 
 
 def test_antialiased_resize_matches_pil_on_a_real_photo():
-    from queryvision_mm.datasets.demo_photos import load_rgb, locate_photos
+    from queryvision_mm.testing.demo_data.demo_photos import load_rgb, locate_photos
     from queryvision_mm.models.retrievers.mao_components import resize_batch
     photo = np.asarray(load_rgb(locate_photos(['astronaut'])['astronaut']))
     for (x0, y0, x1, y1), size in (((0, 0, 512, 512), 224), ((0, 0, 512, 400), 64), ((200, 200, 230, 220), 224)):

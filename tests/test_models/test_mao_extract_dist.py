@@ -171,7 +171,7 @@ def _descriptors(work):
 def test_two_processes_equal_one_and_resume_by_shard(models, tmp_path):  # noqa: F811
     from queryvision_mm.apis.mao import run_extract
     from queryvision_mm.apis.mao_extract import cache_entry
-    from queryvision_mm.datasets.demo_photos import generate_demo_soir
+    from queryvision_mm.testing.demo_data.demo_photos import generate_demo_soir
     data = tmp_path / 'demo'
     generate_demo_soir(str(data), size=(120, 90), object_side=(14, 20))
     (data / 'anns.json').symlink_to(data / 'annotations' / 'anns.json')

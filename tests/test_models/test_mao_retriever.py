@@ -25,7 +25,7 @@ def demo(models, tmp_path_factory):  # noqa: F811
     """The demo gallery (12 photos, 6 queries), a config inheriting configs/mao/demo_photos_retriever.py with the
     tiny models, and the index + results of apis.mao.run_extract (tools/mao/extract.py) on it."""
     from queryvision_mm.apis.mao import run_extract
-    from queryvision_mm.datasets.demo_photos import generate_demo_soir
+    from queryvision_mm.testing.demo_data.demo_photos import generate_demo_soir
     mroot, clip = models
     root = tmp_path_factory.mktemp('mao_retriever')
     generate_demo_soir(str(root / 'demo'))
@@ -161,3 +161,104 @@ def test_ranked_metric_matches_the_official_definition():
     truncated = torch.tensor([0.9, float('-inf'), 0.5, float('-inf')])
     metric.process(None, [DataSample().set_pred_score(truncated).set_gt_label(torch.tensor([2, 3])).to_dict()])
     assert metric.compute_metrics(metric.results)['mAP'] == pytest.approx(100 * (1 / 2) / 2)
+
+
+def test_apis_rankings_equal_the_retrievers_own(demo):
+    """apis.mao.run_extract (tools/mao/extract.py: cached batched gallery, batched queries) and QVMaORetriever through
+    mmpretrain's data path (LoadImageFromFile + PackInputs + QVMaODataPreprocessor, the retriever describing the
+    gallery itself, queries predicted 4 per batch) rank the demo gallery identically for every query."""
+    from mmengine.dataset import pseudo_collate
+
+    from mmpretrain.registry import DATASETS, MODELS
+    _, _, cfg, results = demo
+    model = MODELS.build(dict(cfg.model, prototype_cache=None))
+    ds = DATASETS.build(dict(cfg.test_dataloader.dataset))
+    ranked = {}
+    for start in range(0, len(ds), 4):
+        data = model.data_preprocessor(pseudo_collate([ds[i] for i in range(start, min(start + 4, len(ds)))]))
+        for sample in model.predict(data['inputs'], data['data_samples']):
+            ranked[sample.img_path] = [model.prototype_index.paths[j] for j in sample.pred_label[:10].tolist()]
+    assert len(ranked) == results['num_queries'] == 6
+    assert ranked == results['rankings']
+
+
+def test_run_extract_embeds_queries_in_batches(demo, tmp_path, monkeypatch):
+    """The queries go through the encoder several per forward (the describer's batch_size, as the gallery), not one
+    at a time; the gallery comes from the cache, so every encoder call here is a query batch."""
+    import shutil
+
+    from queryvision_mm.apis.mao import run_extract
+    from queryvision_mm.models.retrievers import mao_components
+    root, _, cfg, results = demo
+    work = tmp_path / 'extract'
+    shutil.copytree(root / 'extract' / 'gallery_cache', work / 'gallery_cache')
+    sizes = []
+    real = mao_components._CropEncoder.embed
+
+    def counting(self, images, batch_size=None):
+        sizes.append(len(images))
+        return real(self, images, batch_size)
+
+    monkeypatch.setattr(mao_components._CropEncoder, 'embed', counting)
+    again = run_extract(cfg, str(work), progress=False)
+    assert again['cached'] == 12 and again['computed'] == 0
+    assert sizes == [6], f'query embeddings per encoder call: {sizes}'
+    assert again['rankings'] == results['rankings'] and again['mAP'] == pytest.approx(results['mAP'])
+
+
+def test_search_tool_draws_through_the_visualizer(demo, tmp_path, monkeypatch):
+    """tools/mao/search.py: the same ranking as the index, the picture at --out drawn by QVMaORetrievalVisualizer with
+    the query box, each match's best gallery object (one of its cached OWLv2 boxes; OWLv2 is not run again) and a
+    LeGrad heatmap of the image's size."""
+    import json
+
+    from conftest import load_module_from_path
+    from queryvision_mm.apis.mao import search
+    from queryvision_mm.models.retrievers.mao_components import QVOWLv2Objectness
+    from queryvision_mm.visualization.mao_retrieval_visualizer import QVMaORetrievalVisualizer
+    root, cfg_file, cfg, _ = demo
+    q = query_items(cfg)[1]
+    index = str(root / 'extract' / 'index')
+    calls = []
+    real = QVMaORetrievalVisualizer.visualize_mao_retrieval
+
+    def spy(self, query_image, query_box, matches, **kw):
+        calls.append((query_box, list(matches)))
+        return real(self, query_image, query_box, matches, **kw)
+
+    def no_owlv2(*args, **kwargs):
+        raise AssertionError('OWLv2 run although the extraction cache holds the boxes')
+
+    monkeypatch.setattr(QVMaORetrievalVisualizer, 'visualize_mao_retrieval', spy)
+    monkeypatch.setattr(QVOWLv2Objectness, 'forward_batch', no_owlv2)
+    tool = load_module_from_path('qv_tools_mao_search', osp.join(REPO, 'tools/mao/search.py'))
+    out = tmp_path / 'pics' / 'grid.png'
+    assert tool.main([str(cfg_file), q['img_path'], '--box', *[str(v) for v in q['query_box']], '--index', index,
+                      '--topk', '3', '--out', str(out)]) == 0
+    _, _, ranked = search(cfg, index, q['img_path'], q['query_box'], topk=3)
+    (box, matches), = calls
+    assert list(box) == list(q['query_box']) and [m['img_path'] for m in matches] == [p for p, _ in ranked]
+    cached = json.loads((root / 'extract' / 'proposals.json').read_text())
+    assert any(m['box'] is not None for m in matches)
+    for m in matches:
+        assert m['heatmap'].shape == m['image'].shape[:2] and 0 <= m['heatmap'].min() <= m['heatmap'].max() <= 1
+        if m['box'] is not None:
+            assert any(np.allclose(m['box'], b) for b in cached[m['img_path']]) and -1.001 <= m['box_score'] <= 1.001
+        else:
+            assert not cached[m['img_path']]
+    vis = QVMaORetrievalVisualizer(name='size-only')
+    width = sum(vis.panel_size(s)[1] for s in [Image.open(q['img_path']).size[::-1]] +
+                [m['image'].shape for m in matches]) + vis.gap * 3
+    assert Image.open(out).size == (width, vis.panel_height)
+
+
+def test_tools_read_the_describer_of_a_retriever_model():
+    """A config whose ``model`` is a QVMaORetriever (no top-level ``describer``): the tools index and override the
+    retriever's describer, not the retriever."""
+    from queryvision_mm.apis.mao import describer_cfg
+    from queryvision_mm.apis.mao_extract import set_describer_options
+    cfg = Config(dict(model=dict(type='QVMaORetriever', describer=dict(type='QVMaODescriber', encoder=dict()))))
+    assert describer_cfg(cfg).type == 'QVMaODescriber'
+    set_describer_options(cfg, device='cpu', batch_size=2)
+    assert cfg.model.describer.device == 'cpu' and cfg.model.describer.batch_size == 2
+    assert 'device' not in cfg.model and 'batch_size' not in cfg.model

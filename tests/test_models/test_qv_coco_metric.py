@@ -10,7 +10,7 @@ from mmdet.evaluation.metrics import CocoMetric
 from mmdet.evaluation.metrics import coco_metric as mmdet_coco_metric
 from mmdet.registry import METRICS
 
-from queryvision_mm.datasets import DEMO_V3DET_CLASSES, generate_demo_v3det
+from queryvision_mm.testing.demo_data import DEMO_V3DET_CLASSES, generate_demo_v3det
 from queryvision_mm.evaluation.metrics import coco_metric_mp
 
 

@@ -255,7 +255,7 @@ def test_user_config_inheriting_ours(tmp_path):
                     "model = dict(semi_train_cfg=dict(unsup_weight=2.0), detector=dict(num_queries=300))\n"
                     "custom_hooks = [dict(type='QVStageSwitchHook', switch_iter=80000)]\n")
     cfg = Config.fromfile(str(user))
-    assert cfg.custom_imports.imports == ['queryvision_mm']
+    assert cfg.custom_imports.imports == ['queryvision_mm', 'queryvision_mm.safe_load']
     assert cfg.model.semi_train_cfg.unsup_weight == 2.0 and cfg.model.semi_train_cfg.cls_pseudo_thr == 0.4
     assert cfg.train_dataloader.dataset.datasets[0].ann_file.endswith('1@10.json')
     model = MODELS.build(cfg.model)

@@ -17,7 +17,7 @@ from mmdet.evaluation import DumpDetResults
 from mmdet.structures import DetDataSample
 
 from conftest import REPO, load_module_from_path
-from queryvision_mm.datasets import generate_demo_v3det
+from queryvision_mm.testing.demo_data import generate_demo_v3det
 from queryvision_mm.utils.prediction_pickle import load_predictions
 
 TOOL = osp.join(REPO, 'tools', 'analysis_tools', 'eval_metric.py')

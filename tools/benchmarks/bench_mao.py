@@ -151,7 +151,7 @@ def bench_faiss(args):
 def main():
     args = parse_args()
     sys.path.insert(0, REPO)
-    import queryvision_mm  # noqa: F401
+    import queryvision_mm.mmpretrain_plugin  # noqa: F401  (MaO modules in mmpretrain's registries)
     sys.path.insert(0, osp.dirname(__file__))
     from bench_semi_detr import write_section
     for part in args.parts:

@@ -41,7 +41,7 @@ def make_dinov2_base(folder: str) -> str:
 
 
 def build(folder: str, ckpt: bool, micro: int = None):
-    import queryvision_mm  # noqa: F401
+    import queryvision_mm.mmpretrain_plugin  # noqa: F401  (MaO modules in mmpretrain's registries)
     from mmpretrain.registry import MODELS
     model = MODELS.build(dict(type='QVMaOContrastiveModel',
                               encoder=dict(type='QVDINOv2CropEncoder', model_dir=folder, input_size=224),

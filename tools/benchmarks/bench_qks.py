@@ -122,7 +122,7 @@ def report(results, args):
 def main():
     args = parse_args()
     sys.path.insert(0, REPO)
-    import queryvision_mm  # noqa: F401  (registers the models)
+    import queryvision_mm.mmpretrain_plugin  # noqa: F401  (registers the QKS models in mmpretrain's registries)
     from mmengine.registry import DefaultScope
     DefaultScope.get_instance('qv_bench_qks', scope_name='mmpretrain')
     results = {}

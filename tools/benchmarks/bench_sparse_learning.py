@@ -170,7 +170,7 @@ def final_metrics(work):
 def main():
     args = parse_args()
     sys.path.insert(0, REPO)
-    from queryvision_mm.datasets import generate_demo_shapes
+    from queryvision_mm.testing.demo_data import generate_demo_shapes
     seeds = args.seeds or [args.seed]
     results = {}  # (seed, variant) -> result
     for seed in seeds:

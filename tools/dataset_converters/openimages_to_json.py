@@ -2,7 +2,7 @@
 """Open Images V4 (2018_04, human image-level labels) -> QKS zero-shot multi-label annotation files (OpenMMLab 2.0 JSON).
 
     python tools/dataset_converters/openimages_to_json.py ROOT OUT_DIR [--version 2018_04] [--val-fraction 0.01]
-        [--seed 0] [--missing error|skip]
+        [--seed 0] [--missing error|skip] [--progress | --no-progress]
 
 ROOT holds (the layout the QKS/LESA/BiAM scripts use)::
 
@@ -33,9 +33,15 @@ arbitrary code).
 
 Writes ``OUT_DIR/annotations/{train,val,test}.json``, ``OUT_DIR/labels_seen.txt``, ``OUT_DIR/labels_unseen.txt``
 and, with ``--missing skip``, ``OUT_DIR/missing_images.txt`` (annotated images with no file under ROOT).
+
+Progress (tqdm, on stderr so that the statistics JSON on stdout stays machine-readable): the two image-label CSVs
+(the training one holds ~28 M rows) report the bytes read of the file (their row count is unknown without a
+pre-pass), the image folders the files found. By default it is shown only when stderr is a terminal (tqdm's
+``disable=None``), so batch-job logs stay clean; ``--progress`` forces it, ``--no-progress`` turns it off.
 """
 import argparse
 import csv
+import io
 import json
 import os
 import os.path as osp
@@ -43,6 +49,7 @@ import pickle
 import sys
 
 import numpy as np
+from tqdm import tqdm
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 from queryvision_mm.utils.safe_pickle import restricted_load  # noqa: E402  (numpy-only module)
@@ -113,10 +120,50 @@ def _names(mids, label_map, source):
     return sorted(by_name), merged
 
 
-def read_image_labels(path, name_to_idx, label_map):
-    """ImageID -> (positive indices, negative indices), streaming the CSV; unknown MIDs are ignored."""
+def _progress_disable(progress):
+    """tqdm's ``disable`` for ``progress`` = True (show), False (hide) or None (only when stderr is a terminal)."""
+    return None if progress is None else not progress
+
+
+class _CountingReader(io.RawIOBase):
+    """A binary file that reports the bytes read through it to a progress bar (what the text layer above has
+    fetched from the file: at most one buffer ahead of the parser)."""
+
+    def __init__(self, raw, bar):
+        self._raw, self._bar = raw, bar
+
+    def readable(self):
+        return True
+
+    def close(self):
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+    def readinto(self, buf):
+        n = self._raw.readinto(buf)
+        if n:
+            self._bar.update(n)
+        return n
+
+
+def open_csv_with_progress(path, desc, progress=None):
+    """``(text file, bar)``: ``path`` opened as UTF-8 text with ``newline=''`` (as the csv module wants) whose reads
+    advance a tqdm bar in bytes of the file's size (no pre-pass over a multi-GB file). Close both."""
+    raw = open(_require(path), 'rb')
+    bar = tqdm(total=osp.getsize(path), desc=desc, unit='B', unit_scale=True, unit_divisor=1024,
+               disable=_progress_disable(progress), mininterval=0.5)
+    text = io.TextIOWrapper(io.BufferedReader(_CountingReader(raw, bar), buffer_size=1 << 20), encoding='utf-8',
+                            newline='')
+    return text, bar
+
+
+def read_image_labels(path, name_to_idx, label_map, progress=None):
+    """ImageID -> (positive indices, negative indices), streaming the CSV; unknown MIDs are ignored. ``progress``:
+    bytes-read bar (see :func:`open_csv_with_progress`)."""
     per_image = {}
-    with open(_require(path), encoding='utf-8', newline='') as f:
+    f, bar = open_csv_with_progress(path, osp.basename(path), progress)
+    with f, bar:
         reader = csv.DictReader(f)
         need = {'ImageID', 'LabelName', 'Confidence'}
         if not need.issubset(reader.fieldnames or ()):
@@ -136,19 +183,26 @@ def read_image_labels(path, name_to_idx, label_map):
     return per_image
 
 
-def index_images(root):
-    """ImageID -> path relative to ``root``'s parent folder, for every .jpg under ``root``."""
+def index_images(root, progress=None):
+    """ImageID -> path relative to ``root``'s parent folder, for every .jpg under ``root``; ``progress``: a count of
+    the image files found (the total is unknown before the walk)."""
     found = {}
     base = osp.dirname(root.rstrip('/'))
-    for dirpath, _, files in os.walk(root):
-        for fn in files:
-            stem, ext = osp.splitext(fn)
-            if ext.lower() in ('.jpg', '.jpeg', '.png'):
-                found.setdefault(stem, osp.relpath(osp.join(dirpath, fn), base).replace(os.sep, '/'))
+    with tqdm(desc=f'images under {root}', unit=' files', disable=_progress_disable(progress),
+              mininterval=0.5) as bar:
+        for dirpath, _, files in os.walk(root):
+            n = len(found)
+            for fn in files:
+                stem, ext = osp.splitext(fn)
+                if ext.lower() in ('.jpg', '.jpeg', '.png'):
+                    found.setdefault(stem, osp.relpath(osp.join(dirpath, fn), base).replace(os.sep, '/'))
+            bar.update(len(found) - n)
     return found
 
 
-def convert(root, out, version='2018_04', val_fraction=0.01, seed=0, missing='error', unseen_file=None):
+def convert(root, out, version='2018_04', val_fraction=0.01, seed=0, missing='error', unseen_file=None,
+            progress=None):
+    """Convert (see the module docstring); ``progress``: True / False / None (= only when stderr is a terminal)."""
     meta_dir = osp.join(root, version)
     label_map = read_label_map(osp.join(meta_dir, 'class-descriptions.csv'))
     with open(_require(osp.join(meta_dir, 'classes-trainable.txt')), encoding='utf-8') as f:
@@ -171,8 +225,8 @@ def convert(root, out, version='2018_04', val_fraction=0.01, seed=0, missing='er
     splits = {}
     for split, name_to_idx in (('train', seen_idx), ('test', all_idx)):
         labels = read_image_labels(osp.join(meta_dir, split, f'{split}-annotations-human-imagelabels.csv'),
-                                   name_to_idx, label_map)
-        images = index_images(osp.join(root, split))
+                                   name_to_idx, label_map, progress)
+        images = index_images(osp.join(root, split), progress)
         items, conflicts[split] = [], 0
         for image_id in sorted(labels):
             pos, neg = labels[image_id]
@@ -223,11 +277,14 @@ def main(argv=None):
     p.add_argument('--val-fraction', type=float, default=0.01)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--missing', choices=('error', 'skip'), default='error')
+    p.add_argument('--progress', action=argparse.BooleanOptionalAction, default=None,
+                   help='progress bars on stderr (bytes of the label CSVs, image files found); default: only when '
+                   'stderr is a terminal, so batch logs stay clean')
     args = p.parse_args(argv)
     if not 0 <= args.val_fraction < 1:
         p.error('--val-fraction must be in [0, 1)')
     stats = convert(args.root, args.out, args.version, args.val_fraction, args.seed, args.missing,
-                    args.unseen_labels)
+                    args.unseen_labels, progress=args.progress)
     print(json.dumps(stats))
     if stats['num_unseen'] != 400:
         print(f"note: {stats['num_unseen']} unseen labels (the protocol uses the 400 most frequent)")

@@ -4,8 +4,12 @@
     python tools/mao/search.py CONFIG QUERY_IMAGE --box X0 Y0 X1 Y1 [--index WORK_DIR/index] [--topk 5]
         [--out search.png] [--no-heatmaps]
 
-Prints the ranked gallery images with their cosine scores; the grid shows the query (box in green) and the top-K
-gallery images overlaid with the LeGrad map of the query descriptor (where in each image the match comes from).
+Prints the ranked gallery images with their cosine scores; the grid (drawn by ``QVMaORetrievalVisualizer``, an
+mmpretrain ``UniversalVisualizer``) shows the query (box in green) and the top-K gallery images, each with its score,
+the gallery object that matches the query best (red box, that object's cosine) and the LeGrad map of the query
+descriptor overlaid (where in each image the match comes from). A config ``visualizer`` of type
+``QVMaORetrievalVisualizer`` with ``vis_backends`` (``LocalVisBackend``, ``TensorboardVisBackend``, ...; save_dir
+defaults to WORK_DIR) also receives the picture.
 
 Index flags: [--nprobe N] [--ef-search N] [--k-factor N] [--cpu] [--cfg-options index.type=hnsw ...]. The index was
 built by ``extract.py`` with the config's ``index`` settings (exact ``type='flat'`` unless the config or its
@@ -53,7 +57,7 @@ def main(argv=None):
     import_queryvision_mm()
     from mmengine.registry import DefaultScope
 
-    from queryvision_mm.apis.mao import draw_search_grid, read_rgb, search
+    from queryvision_mm.apis.mao import build_search_visualizer, draw_search_grid, read_rgb, search
     from queryvision_mm.utils.cli import default_work_dir
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
@@ -64,11 +68,16 @@ def main(argv=None):
         set_describer_options(cfg, device=args.device)
     work_dir = cfg.get('work_dir') or default_work_dir(args.config)
     DefaultScope.get_instance('qv_mao_search', scope_name=cfg.get('default_scope', 'mmpretrain'))
-    describer, q, results = search(cfg, args.index or osp.join(work_dir, 'index'), args.query, args.box, args.topk)
+    index_dir = args.index or osp.join(work_dir, 'index')
+    describer, q, results = search(cfg, index_dir, args.query, args.box, args.topk)
     for rank, (path, score) in enumerate(results, 1):
         print(f'{rank:3d}  {score:.4f}  {path}')
-    out = args.out or osp.join(work_dir, f'search_{osp.splitext(osp.basename(args.query))[0]}.png')
-    draw_search_grid(describer, read_rgb(args.query), args.box, q, results, out, heatmaps=not args.no_heatmaps)
+    name = f'search_{osp.splitext(osp.basename(args.query))[0]}'
+    out = args.out or osp.join(work_dir, f'{name}.png')
+    # the gallery's object boxes from the extraction cache beside the index (OWLv2 is run when it is absent)
+    draw_search_grid(describer, read_rgb(args.query), args.box, q, results, out, heatmaps=not args.no_heatmaps,
+                     cache_dir=osp.join(osp.dirname(osp.abspath(index_dir)), 'gallery_cache'),
+                     visualizer=build_search_visualizer(cfg, save_dir=work_dir), name=name)
     print(f'grid: {out}')
     return 0
 

@@ -51,7 +51,7 @@ TEMPLATE_SETS = {
 
 def _qks_pool():
     """QKS's prompt pool: CLIP's 80 ImageNet templates (as shipped by open_clip) + 5 scene templates."""
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+    from open_clip import OPENAI_IMAGENET_TEMPLATES  # public export of open_clip
     return [t('{}') for t in OPENAI_IMAGENET_TEMPLATES] + [
         'there is a {} in the scene.', 'there is the {} in the scene.', 'this is a {} in the scene.',
         'this is the {} in the scene.', 'this is one {} in the scene.']

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Generate the embedded demo datasets (thin CLI over ``queryvision_mm.datasets.demo_shapes`` / ``demo_v3det``).
+"""Generate the embedded demo datasets (thin CLI over ``queryvision_mm.testing.demo_data``: ``demo_shapes``,
+``demo_v3det``, ``demo_photos``).
 
 Examples::
 
@@ -21,9 +22,9 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def _load_demo_module(name='demo_shapes'):
-    """Import ``queryvision_mm.datasets.<name>``, from this checkout if the package isn't installed.
+    """Import ``queryvision_mm.testing.demo_data.<name>``, from this checkout if the package isn't installed.
 
-    If importing the package fails (e.g. its ``datasets/__init__.py`` needs mmdet, which is not installed
+    If importing the package fails (e.g. its ``__init__.py`` needs mmdet, which is not installed
     in this interpreter), the module file is loaded on its own: it only needs numpy and Pillow.
     """
     try:
@@ -31,9 +32,9 @@ def _load_demo_module(name='demo_shapes'):
     except ImportError:
         sys.path.insert(0, REPO_ROOT)
     try:
-        return importlib.import_module(f'queryvision_mm.datasets.{name}')
+        return importlib.import_module(f'queryvision_mm.testing.demo_data.{name}')
     except ImportError:
-        path = osp.join(REPO_ROOT, 'queryvision_mm', 'datasets', f'{name}.py')
+        path = osp.join(REPO_ROOT, 'queryvision_mm', 'testing', 'demo_data', f'{name}.py')
         spec = importlib.util.spec_from_file_location(f'queryvision_mm_{name}', path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module

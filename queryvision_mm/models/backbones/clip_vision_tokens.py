@@ -63,5 +63,8 @@ class QVCLIPVisionTokens(BaseModule):
     def forward(self, x: Tensor) -> Tuple[Tensor]:
         v = self.visual
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            tokens = v.ln_post(v.transformer(v._embeds(x)))
+            # open_clip's public forward_intermediates: the last block's tokens after ln_post, CLS split off
+            out = v.forward_intermediates(x, indices=1, normalize_intermediates=True, intermediates_only=True,
+                                          output_fmt='NLC', output_extra_tokens=True)
+            tokens = torch.cat([out['image_intermediates_prefix'][-1], out['image_intermediates'][-1]], dim=1)
         return (tokens if self.keep_cls_token else tokens[:, 1:], )

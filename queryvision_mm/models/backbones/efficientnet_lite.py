@@ -12,10 +12,11 @@ and the keys are converted by name:
   shape mismatch or a timm tensor left without a source raises. Classifier-head tensors whose module the target does
   not have (``features_only`` models, a reset classifier) are dropped and reported.
 * :func:`build_efficientnet_lite` returns a timm model with the weights loaded (``strict=True``).
-* :class:`QVEfficientNetLite` is mmpretrain's ``TIMMBackbone`` (multi-scale ``features_only`` outputs, ``out_indices``)
-  with ``frozen_stages`` / ``norm_eval`` and an ``init_cfg=dict(type='Pretrained', checkpoint=...)`` that converts
-  on the fly: ``'efficientnet-lite://lite0'`` (the installed package, found with ``importlib``), a raw package-layout
-  file, or a timm-layout file (e.g. written by ``tools/model_converters/efficientnet_lite_to_timm.py``).
+* :class:`QVEfficientNetLite` wraps the timm model as mmpretrain's ``TIMMBackbone`` does (``timm_model``,
+  multi-scale ``features_only`` outputs, ``out_indices``; re-implemented on mmengine's ``BaseModule`` so that
+  detection configs do not import mmpretrain) with ``frozen_stages`` / ``norm_eval`` and an
+  ``init_cfg=dict(type='Pretrained', checkpoint=...)`` that converts on the fly: ``'efficientnet-lite://lite0'``
+  (the installed package, found with ``importlib``), a raw package-layout file, or a timm-layout file (e.g. written by ``tools/model_converters/efficientnet_lite_to_timm.py``).
 
 ``features_only`` outputs of ``tf_efficientnet_lite0`` (``out_indices`` 0..4): channels 16, 24, 40, 112, 320 at
 strides 2, 4, 8, 16, 32. Input normalisation of the release: ``(x - 127) / 128`` on RGB 0..255
@@ -30,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.logging import print_log
+from mmengine.model import BaseModule
 from mmengine.model.weight_init import update_init_info
 from mmengine.registry import WEIGHT_INITIALIZERS
 from mmengine.runner.checkpoint import CheckpointLoader
@@ -37,7 +39,6 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmdet.registry import MODELS as MMDET_MODELS
-from mmpretrain.models.backbones import TIMMBackbone
 
 PACKAGE_SCHEME = 'efficientnet-lite://'
 #: variant -> (import name of the weights package, timm model name). Only lite0 is verified (real photos, tests).
@@ -221,11 +222,13 @@ def build_efficientnet_lite(variant: str = 'lite0', pretrained: bool = True, che
     return model
 
 
-class QVEfficientNetLite(TIMMBackbone):
-    """EfficientNet-Lite backbone (timm ``tf_efficientnet_<variant>`` via mmpretrain's ``TIMMBackbone``) for mmdet
-    detectors (multi-scale outputs for a ``ChannelMapper`` neck) and mmpretrain models (crop encoders).
+class QVEfficientNetLite(BaseModule):
+    """EfficientNet-Lite backbone (timm ``tf_efficientnet_<variant>`` held as ``timm_model``, the layout of
+    mmpretrain's ``TIMMBackbone``: same state-dict keys, classifier reset, tuple outputs) for mmdet detectors
+    (multi-scale outputs for a ``ChannelMapper`` neck) and mmpretrain models (crop encoders).
 
-    Registered in mmdet's and mmpretrain's ``MODELS``. Example (DINO-style detector)::
+    Registered in mmdet's ``MODELS`` (``import queryvision_mm``) and in mmpretrain's (``import
+    queryvision_mm.mmpretrain_plugin``). Example (DINO-style detector)::
 
         backbone=dict(type='QVEfficientNetLite', variant='lite0', out_indices=(2, 3, 4), frozen_stages=0,
                       norm_eval=True, init_cfg=dict(type='Pretrained', checkpoint='efficientnet-lite://lite0')),
@@ -259,8 +262,17 @@ class QVEfficientNetLite(TIMMBackbone):
                              f'checkpoint="{PACKAGE_SCHEME}{variant}") (timm pretrained would download)')
         if features_only:
             kwargs['out_indices'] = tuple(out_indices)
-        super().__init__(model_name=timm_name, features_only=features_only, pretrained=False, init_cfg=init_cfg,
-                         **kwargs)
+        super().__init__(init_cfg=init_cfg)
+        if 'norm_layer' in kwargs:  # a registered norm layer name, as TIMMBackbone accepts
+            norm_class = MMDET_MODELS.get(kwargs['norm_layer'])
+            if norm_class is None:
+                raise KeyError(f'QVEfficientNetLite: norm_layer {kwargs["norm_layer"]!r} is not a registered module')
+            kwargs['norm_layer'] = norm_class
+        import timm
+        self.timm_model = timm.create_model(timm_name, features_only=features_only, pretrained=False,
+                                            in_chans=kwargs.pop('in_channels', 3), **kwargs)
+        if hasattr(self.timm_model, 'reset_classifier'):  # features_only models have no classifier
+            self.timm_model.reset_classifier(0, '')
         self.variant = variant
         self.features_only = features_only
         self.frozen_stages = frozen_stages
@@ -269,6 +281,11 @@ class QVEfficientNetLite(TIMMBackbone):
         if frozen_stages > num_stages:
             raise ValueError(f'frozen_stages={frozen_stages} > {num_stages} block stages of {timm_name}')
         self._freeze_stages()
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Feature maps of ``out_indices`` (``features_only``), else the ``conv_head`` map, as a tuple."""
+        features = self.timm_model(x)
+        return tuple(features) if isinstance(features, (list, tuple)) else (features, )
 
     @property
     def out_channels(self) -> List[int]:
@@ -357,8 +374,4 @@ class EfficientNetLitePretrainedInit:
 
 
 MMDET_MODELS.register_module(module=QVEfficientNetLite)
-try:  # classification / retrieval configs (default_scope='mmpretrain')
-    from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
-    MMPRETRAIN_MODELS.register_module(module=QVEfficientNetLite)
-except ImportError:  # pragma: no cover
-    pass
+# mmpretrain's MODELS (classification / retrieval configs): queryvision_mm/mmpretrain_plugin.py registers it there.

@@ -19,7 +19,8 @@ from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 
 from ..task_modules.pseudo_label_mining import gather_costs, gmm_cost_threshold, matched_costs
 
-# Semi-DETR's consistency-query content (spec §1.6): RoI Align 7x7 on the 4 neck levels + the RoI projector
+# Semi-DETR's consistency-query content (official code; README "Semi-DETR"): RoI Align 7x7 on the 4 neck levels
+# + the RoI projector
 DEFAULT_CONSISTENCY_ROI_EXTRACTOR = dict(
     type='SingleRoIExtractor',
     roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),

@@ -102,6 +102,8 @@ class LeGradOpenCLIP(_LeGradBase):
 
     def __init__(self, visual: nn.Module, layers: Layers = 'last', minmax_scope: str = 'per_map') -> None:
         super().__init__(layers, minmax_scope)
+        from ...utils.open_clip_loader import check_open_clip_private_api
+        check_open_clip_private_api('LeGradOpenCLIP')  # prepare() calls visual._embeds / visual._pool
         blocks = visual.transformer.resblocks
         for i, blk in enumerate(blocks):
             attn = getattr(blk, 'attn', None)

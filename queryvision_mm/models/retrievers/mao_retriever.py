@@ -87,8 +87,10 @@ class QVMaORetriever(BaseRetriever):
     def __init__(self, describer: Union[dict, object], prototype=None, prototype_cache: Optional[str] = None,
                  index: Optional[dict] = None, topk: int = -1, data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
+        # the default preprocessor by class: mmengine's MODELS builds it whatever the current default scope (the
+        # MaO tools build a retriever outside any runner)
         super().__init__(prototype=prototype, init_cfg=init_cfg,
-                         data_preprocessor=data_preprocessor or dict(type='QVMaODataPreprocessor'))
+                         data_preprocessor=data_preprocessor or dict(type=QVMaODataPreprocessor))
         self.describer_cfg = describer if isinstance(describer, dict) else None
         # a submodule: it moves with the retriever (.to(device)) and its weights appear in the state dict
         self.describer = MODELS.build(describer) if isinstance(describer, dict) else describer
@@ -165,14 +167,24 @@ class QVMaORetriever(BaseRetriever):
             sample.set_field(desc, 'descriptor')
         return data_samples
 
-    def search(self, image: np.ndarray, box: Optional[Sequence[float]] = None, topk: int = 5):
-        """One query object (HWC uint8 RGB image, optional box) -> ([(gallery path, score)], query descriptor)."""
+    def rank(self, feats, topk: Optional[int] = 10) -> List[List[tuple]]:
+        """Query descriptors [Q, D] (tensor or array) -> per query the ranked [(gallery path, score)] of the index
+        (``topk`` hits; None: the whole gallery), one index search for all queries (no dense Q x G matrix)."""
         if not self.prototype_inited:
             self.prepare_prototype()
-        q = np.asarray(self.describer.describe_query(image, list(box) if box is not None else
-                                                     [0, 0, image.shape[1], image.shape[0]]), dtype=np.float32)
-        scores, ids = self.prototype_index.search(q[None], k=topk)
-        return [(self.prototype_index.paths[j], float(s)) for j, s in zip(ids[0], scores[0]) if j >= 0], q
+        q = feats.detach().cpu().numpy() if isinstance(feats, Tensor) else np.asarray(feats)
+        scores, ids = self.prototype_index.search(np.ascontiguousarray(q, dtype=np.float32), k=topk)
+        paths = self.prototype_index.paths
+        return [[(paths[j], float(s)) for j, s in zip(i_row, s_row) if j >= 0] for i_row, s_row in zip(ids, scores)]
+
+    def search(self, image: np.ndarray, box: Optional[Sequence[float]] = None, topk: int = 5):
+        """One query object (HWC uint8 RGB image, optional box; none: the whole image) -> ([(gallery path, score)],
+        query descriptor), through :meth:`extract_feat` (``role='query'``) and :meth:`rank`."""
+        if not self.prototype_inited:
+            self.prepare_prototype()
+        sample = dict(query_box=list(box)) if box is not None else None
+        q = self.extract_feat([image], [sample], role='query')
+        return self.rank(q, topk)[0], q[0].numpy()
 
     # ------------------------------------------------------------------------------------------------ prototype
     def set_index(self, index: DescriptorIndex) -> None:

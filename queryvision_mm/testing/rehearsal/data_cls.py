@@ -4,11 +4,11 @@
   .py`` write (``OUT_DIR/annotations/{train,val,test}.json`` + ``labels_{seen,unseen}.txt``) with the real label
   counts of the dataset (:data:`QKS_LABEL_SETS`: NUS-WIDE 925 seen / 81 unseen, Open Images 7,186 / 400) and its
   negatives convention; the demo config's data is written by its own generator
-  (:func:`queryvision_mm.datasets.demo_photos.generate_demo_qks`, real photos, 16 / 7 labels).
+  (:func:`queryvision_mm.testing.demo_data.demo_photos.generate_demo_qks`, real photos, 16 / 7 labels).
 * ``QVSoIRDataset`` / ``QVSoIRPairDataset`` (MaO): VoxDet-SoIR ``anns.pt`` (``torch.save`` of plain dicts, read back
   with ``weights_only=True``; the official entry layout: query ``bbox`` tuple + RLE ``mask`` + ``ins`` int, gallery
   ``bbox`` list + ``ins`` padded with -1 + ``num_ins``) or the generic SoIR JSON; the MaO demo's data by its own
-  generator (:func:`~queryvision_mm.datasets.demo_photos.generate_demo_soir`). One annotation file may serve several
+  generator (:func:`~queryvision_mm.testing.demo_data.demo_photos.generate_demo_soir`). One annotation file may serve several
   sets (``anns.pt``: ``OWID`` for stage A, ``RoboTools`` for evaluation): each set is written once and merged into the
   file. The stage-A ``proposals.json`` is not written here: the rehearsal produces it with ``tools/mao/extract.py``
   (:mod:`.mao_steps`).
@@ -94,7 +94,7 @@ def write_zsl_multilabel(ds_cfg, ctx: RehearsalContext) -> None:
     key = osp.basename(osp.normpath(folder))
     if key in QKS_DEMO_ROOTS:
         if ctx.claim(ctx.path(osp.join(folder, '.rehearsal_demo')), 'QVZSLMultiLabelDataset'):
-            from queryvision_mm.datasets.demo_photos import PHOTOS, SEEN, generate_demo_qks
+            from queryvision_mm.testing.demo_data.demo_photos import PHOTOS, SEEN, generate_demo_qks
             # training images are random crops of the photos with a seen tag: as many as the schedule needs
             photos = sum(any(t in SEEN for t in tags) for *_, tags in PHOTOS)
             crops = max(1, math.ceil(ctx.num_images / photos))
@@ -176,7 +176,7 @@ def _write_soir(ds_cfg, ctx: RehearsalContext, num_gallery: int) -> None:
     ann_path = ctx.path(ann_file)
     if osp.basename(osp.dirname(osp.dirname(ann_file))) in SOIR_DEMO_ROOTS:
         if ctx.claim(ann_path, ds_cfg['type']):
-            from queryvision_mm.datasets.demo_photos import generate_demo_soir
+            from queryvision_mm.testing.demo_data.demo_photos import generate_demo_soir
             generate_demo_soir(osp.dirname(osp.dirname(ann_path)), seed=ctx.seed)
         return
     if not ann_file.endswith(('.pt', '.pth', '.json')):

@@ -4,7 +4,7 @@ them, with the real architecture and in the real file format, so that the projec
 * open_clip CLIP (``QVCLIPVisionTokens`` of QKS, ``QVOpenCLIPCropEncoder`` of MaO-CLIP): a built-in name with
   ``pretrained=<file>`` gets ``open_clip.create_model(name, pretrained=None).state_dict()`` saved with ``torch.save``
   (the key layout of ``open_clip_pytorch_model.bin``); the demos' ``local-dir:<folder>`` gets the demo's own random
-  CLIP (:func:`queryvision_mm.datasets.demo_photos.make_random_clip`).
+  CLIP (:func:`queryvision_mm.testing.demo_data.demo_photos.make_random_clip`).
 * OWLv2 (``QVOWLv2Objectness``): ``Owlv2ForObjectDetection(<config>).save_pretrained(folder)``, the config of
   ``google/owlv2-base-patch16-ensemble`` built locally (transformers' ``Owlv2Config`` defaults are 768² input; the
   release is 960²). A random objectness head scores every one of the 3,600 patches near 0.5 (all above MaO's 0.2
@@ -143,7 +143,7 @@ def open_clip_weights(cfg, ctx: RehearsalContext) -> None:
             folder = name[len('local-dir:'):]
             if osp.basename(osp.normpath(folder)) != 'clip_random':
                 raise NotImplementedError(f'rehearsal: {path}.model_name={name!r}: unknown local open_clip folder')
-            from queryvision_mm.datasets.demo_photos import make_random_clip
+            from queryvision_mm.testing.demo_data.demo_photos import make_random_clip
             if ctx.claim(ctx.path(osp.join(folder, 'open_clip_config.json')), path):
                 make_random_clip(ctx.path(folder), seed=ctx.seed)
             ctx.weights.append(WeightRecord(path, 'pretrained', name, ctx.path(folder),
@@ -241,7 +241,7 @@ def qks_label_embeddings(cfg, ctx: RehearsalContext) -> None:
 def _owlv2_arch(model_dir: str) -> Tuple[str, dict]:
     base = osp.basename(osp.normpath(model_dir))
     if base == 'owlv2_random':  # the MaO demo's stand-in
-        from queryvision_mm.datasets.demo_photos import DEMO_OWLV2
+        from queryvision_mm.testing.demo_data.demo_photos import DEMO_OWLV2
         return 'demo', DEMO_OWLV2
     for key, arch in OWLV2_CONFIGS.items():
         if f'owlv2-{key}' in base:
