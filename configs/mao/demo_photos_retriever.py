@@ -19,7 +19,8 @@ test_pipeline = [
     dict(type='LoadImageFromFile', imdecode_backend='pillow'),
     dict(type='PackInputs', meta_keys=('sample_idx', 'img_path', 'ori_shape', 'img_shape', 'query_box')),
 ]
-loader = dict(batch_size=8, num_workers=0, persistent_workers=False, collate_fn=dict(type='pseudo_collate'),  # several images per forward (the tools batch likewise)
+# several images per forward through the retriever (the tools batch likewise)
+loader = dict(batch_size=8, num_workers=0, persistent_workers=False, collate_fn=dict(type='pseudo_collate'),
               sampler=dict(type='DefaultSampler', shuffle=False))
 gallery_dataloader = dict(**loader, dataset=dict(**soir, split='gallery', pipeline=test_pipeline))
 test_dataloader = dict(**loader, dataset=dict(**soir, split='query', pipeline=test_pipeline))
