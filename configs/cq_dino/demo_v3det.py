@@ -16,6 +16,11 @@ topk = 6
 max_epochs = 8  # 6 before the pretrained backbone; 8 brings the scores above the picture's 0.3 more often
 batch_size = 4
 
+# stage 2 starts from the selector pre-trained by demo_v3det_stage1.py (as the real configs; tools/run_demo.sh runs both
+# and passes the stage-1 run's last checkpoint); work dirs = the tools' defaults, explicit so that tools find the pair
+work_dir = 'work_dirs/cq_dino_demo_v3det'
+load_from = 'work_dirs/cq_dino_demo_v3det_stage1/epoch_8.pth'  # last checkpoint of cq_dino/demo_v3det_stage1.py
+
 model = dict(
     num_queries=100,
     # ImageNet-1k EfficientNet-Lite0 (queryvision_mm/models/backbones/efficientnet_lite.py): C3-C5 = 40/112/320

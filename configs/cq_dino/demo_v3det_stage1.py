@@ -3,6 +3,8 @@
 # tools/run_demo.sh (load_from).
 _base_ = './demo_v3det.py'
 
+work_dir = 'work_dirs/cq_dino_demo_v3det_stage1'  # writes epoch_8.pth = demo_v3det.py's load_from
+load_from = None
 model = dict(selector_only=True)
 val_evaluator = [_base_.recall_metric]
 test_evaluator = val_evaluator

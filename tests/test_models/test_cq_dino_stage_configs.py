@@ -62,6 +62,15 @@ def test_every_stage2_config_loads_what_a_shipped_stage1_config_writes(configs):
         assert stage1[src].load_from is None
 
 
+def test_demo_stage2_loads_what_the_demo_stage1_writes():
+    """The demo pair follows the same rule as the real configs (tools/train.py of the stage-2 demo after stage 1
+    starts from the pre-trained selector, not from a random one)."""
+    s1, s2 = (load(osp.join(REPO, 'configs', 'cq_dino', f'{n}.py')) for n in ('demo_v3det_stage1', 'demo_v3det'))
+    assert s1.model.selector_only and not s2.model.get('selector_only') and s1.load_from is None
+    assert osp.normpath(s2.load_from) == stage1_output(s1)
+    assert arch(s1) == arch(s2)
+
+
 def test_stage1_backbones_start_from_pretrained_weights(configs):
     for name, cfg in configs.items():
         if not cfg.model.get('selector_only'):
