@@ -28,6 +28,10 @@ def test_demo_config_uses_pretrained_lite0_and_keeps_the_machinery(config):
     assert cfg.model.semi_train_cfg.train_empty_pseudo is False
     hooks = {h['type']: h for h in cfg.custom_hooks}
     assert 'QVMeanTeacherHook' in hooks and 0 < hooks['QVStageSwitchHook']['switch_iter'] < cfg.train_cfg.max_iters
+    # the short schedule ends with lr x 0.1 after the switch (demo tuning; the paper configs stay constant)
+    (sched, ) = cfg.param_scheduler
+    assert sched.type == 'MultiStepLR' and sched.gamma == 0.1 and not sched.by_epoch
+    assert hooks['QVStageSwitchHook']['switch_iter'] < sched.milestones[0] < cfg.train_cfg.max_iters
 
 
 @pytest.mark.parametrize('config', CONFIGS[1:], ids=['sparse_semi_detr'])
