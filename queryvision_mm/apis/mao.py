@@ -158,6 +158,11 @@ def matched_objects(describer, images: Sequence[np.ndarray], boxes: Sequence[np.
     return out
 
 
+def heatmaps_available(describer) -> bool:
+    """Whether the describer's crop encoder can draw LeGrad maps (a ViT; EfficientNet-Lite cannot)."""
+    return bool(getattr(describer.encoder, 'has_explainer', True))
+
+
 def legrad_heatmaps(describer, images: Sequence[np.ndarray], query_desc: np.ndarray) -> List[np.ndarray]:
     """LeGrad maps (HxW in [0, 1], each image's own size) of the query descriptor on whole gallery images, with the
     LeGrad layers of the config's stage B (``refine.layers``; the last block without stage B), the encoder's
@@ -198,12 +203,16 @@ def build_search_visualizer(cfg=None, save_dir: Optional[str] = None):
 
 
 def draw_search_grid(describer, query_image: np.ndarray, box: Sequence[float], query_desc: np.ndarray,
-                     results: List[Tuple[str, float]], out_file: Optional[str], heatmaps: bool = True,
+                     results: List[Tuple[str, float]], out_file: Optional[str], heatmaps: Optional[bool] = None,
                      cache_dir: Optional[str] = None, visualizer=None, name: str = 'mao_search') -> Optional[str]:
     """Query (box drawn) + ranked gallery images, each with its matched object box (:func:`matched_objects`) and
     overlaid with the LeGrad map of the query descriptor (:func:`legrad_heatmaps`), drawn by
     ``QVMaORetrievalVisualizer`` (``visualizer``, default :func:`build_search_visualizer`). ``out_file``: the PNG
-    written; the visualizer's storage backends (if any) receive the picture too. Returns ``out_file``."""
+    written; the visualizer's storage backends (if any) receive the picture too. ``heatmaps``: None = when the crop
+    encoder has a LeGrad explainer (ViT encoders; not EfficientNet-Lite), True = always (a ``ValueError`` from a CNN
+    encoder), False = never. Returns ``out_file``."""
+    if heatmaps is None:
+        heatmaps = heatmaps_available(describer)
     vis = visualizer if visualizer is not None else build_search_visualizer()
     images = [read_rgb(path) for path, _ in results]
     matched = matched_objects(describer, images, gallery_object_boxes(describer, images, [p for p, _ in results],

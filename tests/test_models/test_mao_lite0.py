@@ -75,6 +75,27 @@ def test_vit_only_guard(encoder):
     np.testing.assert_allclose(d.describe_gallery(img)['descriptor'], ref, atol=1e-6)
 
 
+def test_search_grid_without_heatmaps_for_a_cnn(encoder, tmp_path):
+    """tools/mao/search.py on the Lite0 demo: LeGrad maps are drawn only for ViT encoders by default (the rehearsal of
+    configs/mao/demo_photos_lite0.py stopped in its search step with the LeGrad ValueError); asking for them is the
+    clear error."""
+    import mmcv
+
+    from queryvision_mm.apis import mao as mao_api
+    from queryvision_mm.apis.mao import draw_search_grid
+    from queryvision_mm.models.retrievers import QVMaODescriber
+    d = QVMaODescriber(encoder=encoder, refine=None, min_crop_size=0)
+    img = skimage_data.coffee()[::4, ::4].copy()
+    path = str(tmp_path / 'g.jpg')
+    mmcv.imwrite(img[..., ::-1], path)
+    q = np.asarray(d.describe_query(img, [10, 10, 90, 90]), dtype=np.float32)
+    out = draw_search_grid(d, img, [10, 10, 90, 90], q, [(path, 0.5)], str(tmp_path / 'grid.png'))
+    assert osp.isfile(out) and mmcv.imread(out).shape[0] > 0
+    assert not mao_api.heatmaps_available(d)
+    with pytest.raises(ValueError, match='LeGrad'):
+        draw_search_grid(d, img, [10, 10, 90, 90], q, [(path, 0.5)], str(tmp_path / 'grid2.png'), heatmaps=True)
+
+
 def test_demo_config(models):  # noqa: F811
     from mmpretrain.registry import MODELS
     cfg = Config.fromfile(CONFIG)

@@ -106,6 +106,20 @@ def test_soir_anns_pt_holds_both_sets_and_loads_safely(tmp_path, monkeypatch):
     assert item['inputs']['crops'] and item['inputs']['query'].ndim == 3
 
 
+def test_soir_retriever_config_has_its_data(tmp_path, monkeypatch):
+    """configs/mao/demo_photos_retriever.py reads QVSoIRRetrievalDataset query / gallery splits of the demo file (the
+    rehearsal had no writer for that type and stopped before any step)."""
+    cfg = _cfg('mao/demo_photos_retriever.py')
+    ctx = _ctx(tmp_path)
+    _write_all(cfg, ctx)
+    monkeypatch.chdir(ctx.root)
+    query = _build_dataset(cfg.test_dataloader.dataset)
+    gallery = _build_dataset(cfg.model.prototype.dataset)
+    assert len(query) > 0 and len(gallery) > 0
+    assert all(0 <= g < len(gallery) for i in range(len(query)) for g in query.get_data_info(i)['gt_label'])
+    assert any(query.get_data_info(i)['gt_label'] for i in range(len(query)))
+
+
 def _stage1_options():
     """The ``--cfg-options`` of step 1 in the stage-A config's comment."""
     text = open(osp.join(REPO, 'configs/mao/voxdet_dinov2_lora.py')).read()

@@ -2,7 +2,7 @@
 """MaO: search an index built by ``tools/mao/extract.py`` with one query object; write a PNG grid with heatmaps.
 
     python tools/mao/search.py CONFIG QUERY_IMAGE --box X0 Y0 X1 Y1 [--index WORK_DIR/index] [--topk 5]
-        [--out search.png] [--no-heatmaps]
+        [--out search.png] [--heatmaps | --no-heatmaps]
 
 Prints the ranked gallery images with their cosine scores; the grid (drawn by ``QVMaORetrievalVisualizer``, an
 mmpretrain ``UniversalVisualizer``) shows the query (box in green) and the top-K gallery images, each with its score,
@@ -46,7 +46,10 @@ def main(argv=None):
     p.add_argument('--index', default=None, help='default: WORK_DIR/index of the config')
     p.add_argument('--topk', type=int, default=5)
     p.add_argument('--out', default=None, help='PNG grid (default: WORK_DIR/search_<query name>.png)')
-    p.add_argument('--no-heatmaps', action='store_true')
+    hm = p.add_mutually_exclusive_group()
+    hm.add_argument('--heatmaps', dest='heatmaps', action='store_true', default=None,
+                    help='LeGrad maps on the grid (default: when the crop encoder is a ViT; an error with a CNN)')
+    hm.add_argument('--no-heatmaps', dest='heatmaps', action='store_false')
     p.add_argument('--nprobe', type=int, default=None, help='IVF lists visited per query (search-time)')
     p.add_argument('--ef-search', type=int, default=None, help='HNSW search breadth (search-time)')
     p.add_argument('--k-factor', type=int, default=None, help='candidates re-ranked = k-factor x topk (refine)')
@@ -57,7 +60,8 @@ def main(argv=None):
     import_queryvision_mm()
     from mmengine.registry import DefaultScope
 
-    from queryvision_mm.apis.mao import build_search_visualizer, draw_search_grid, read_rgb, search
+    from queryvision_mm.apis.mao import (build_search_visualizer, draw_search_grid, heatmaps_available, read_rgb,
+                                         search)
     from queryvision_mm.utils.cli import default_work_dir
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
@@ -75,7 +79,9 @@ def main(argv=None):
     name = f'search_{osp.splitext(osp.basename(args.query))[0]}'
     out = args.out or osp.join(work_dir, f'{name}.png')
     # the gallery's object boxes from the extraction cache beside the index (OWLv2 is run when it is absent)
-    draw_search_grid(describer, read_rgb(args.query), args.box, q, results, out, heatmaps=not args.no_heatmaps,
+    if args.heatmaps is None and not heatmaps_available(describer):
+        print(f'no heatmaps: {type(describer.encoder).__name__} has no LeGrad explainer (a CNN)')
+    draw_search_grid(describer, read_rgb(args.query), args.box, q, results, out, heatmaps=args.heatmaps,
                      cache_dir=osp.join(osp.dirname(osp.abspath(index_dir)), 'gallery_cache'),
                      visualizer=build_search_visualizer(cfg, save_dir=work_dir), name=name)
     print(f'grid: {out}')

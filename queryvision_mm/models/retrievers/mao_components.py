@@ -189,6 +189,8 @@ class _CropEncoder(_DeviceModule):
     mean, std = OPENAI_MEAN, OPENAI_STD
     antialias: bool = True
     batch_size: int = 32
+    # whether :meth:`explainer` exists (LeGrad maps, MaO stage B): the ViT encoders; a CNN sets False
+    has_explainer: bool = True
 
     def preprocess(self, images: List[np.ndarray]) -> Tensor:
         return resize_batch(images, self.input_size, self.mean, self.std, self.device, self.antialias)
@@ -289,6 +291,7 @@ class QVEfficientNetLiteCropEncoder(_CropEncoder):
         input_size, antialias, device, amp, batch_size: as :class:`QVOpenCLIPCropEncoder`.
     """
     mean, std = (127.0 / 255, ) * 3, (128.0 / 255, ) * 3   # (x - 127) / 128 on 0..255 once resize_batch divides by 255
+    has_explainer = False
 
     def __init__(self, variant: str = 'lite0', checkpoint: Optional[str] = None, pretrained: bool = True,
                  input_size: int = 224, antialias: bool = True, device=None, amp: Optional[str] = None,
@@ -315,8 +318,8 @@ class QVEfficientNetLiteCropEncoder(_CropEncoder):
             f'QVEfficientNetLiteCropEncoder (EfficientNet-{self.variant.capitalize()}, a CNN) has no LeGrad explainer: '
             'LeGrad maps and MaO stage B need a ViT crop encoder (QVOpenCLIPCropEncoder or QVDINOv2CropEncoder). Set '
             "the describer's `refine` to None (config field model.refine, or describer.refine in stage-A configs) to "
-            'describe a gallery image by the mean of its crop embeddings, and search without heatmaps '
-            '(tools/mao/search.py --no-heatmaps)')
+            'describe a gallery image by the mean of its crop embeddings; tools/mao/search.py then draws its grid '
+            'without heatmaps')
 
 
 # ----------------------------------------------------------------------------------------------------- proposals

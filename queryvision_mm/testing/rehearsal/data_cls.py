@@ -209,9 +209,10 @@ def _write_soir(ds_cfg, ctx: RehearsalContext, num_gallery: int) -> None:
             json.dump(data, f)
 
 
-@data_writer('QVSoIRDataset')
+@data_writer('QVSoIRDataset', 'QVSoIRRetrievalDataset')
 def write_soir(ds_cfg, ctx: RehearsalContext) -> None:
-    """An evaluation gallery (extraction): a few scenes are enough, every one runs OWLv2 / SAM / stage B."""
+    """An evaluation gallery (extraction; the retriever config's query / gallery splits, the same file): a few
+    scenes are enough, every one runs OWLv2 / SAM / stage B."""
     _write_soir(ds_cfg, ctx, num_gallery=min(ctx.num_images, 4))
 
 
