@@ -5,7 +5,7 @@
 # stage B with this encoder is an error naming `refine`), and SAM masks, which only stage B reads, are not computed.
 # Proposals are still the demo's random OWLv2 stand-in (no OWLv2 weights offline): its boxes are random.
 #   python tools/mao/extract.py configs/mao/demo_photos_lite0.py
-#   python tools/mao/search.py configs/mao/demo_photos_lite0.py QUERY.jpg --box X0 Y0 X1 Y1 --no-heatmaps
+#   python tools/mao/search.py configs/mao/demo_photos_lite0.py QUERY.jpg --box X0 Y0 X1 Y1    (no LeGrad maps: a CNN)
 # The paper's comparison (global descriptor vs multi-object descriptor, same encoder; also with ground-truth boxes as
 # proposals, README "MaO" demo):
 #   python tools/mao/compare_global.py configs/mao/demo_photos_lite0.py
