@@ -169,6 +169,28 @@ def save_checkpoint(out: str, state: 'OrderedDict[str, object]', meta: dict) -> 
             os.remove(tmp)
 
 
+def write_converted(args, config: str, out: 'OrderedDict[str, object]', report: dict, notes: List[str],
+                    src_meta: dict, official_repo: str, converter: str) -> int:
+    """Save the converted state with its provenance ``meta`` (source file and hash, official repository, converter,
+    target config and ``--cfg-options``, notes, dropped / filled keys, the source's ``dataset_meta``) and print the
+    summary and the ``tools/test.py`` command for it. Returns the exit code 0."""
+    meta = dict(converted_from=osp.basename(args.src), source_sha256=file_sha256(args.src),
+                official_repo=official_repo, converter=converter,
+                config=osp.relpath(config, REPO_ROOT) if osp.abspath(config).startswith(REPO_ROOT) else config,
+                cfg_options=dict(args.cfg_options or {}), notes=notes, dropped=report['dropped'],
+                filled_keys=report['filled_keys'])
+    ds = dataset_meta_from(src_meta)
+    if ds:
+        meta['dataset_meta'] = ds
+    save_checkpoint(args.out, out, meta)
+    print(f'converted {args.src} -> {args.out}: {len(out)} tensors for {meta["config"]} '
+          f'({len(report["filled_keys"])} filled from the config, {len(report["dropped"])} dropped)')
+    for note in notes:
+        print(f'  note: {note}')
+    print(f'  evaluate with: {eval_command(meta["config"], args.out, args.cfg_options)}')
+    return 0
+
+
 def add_common_args(parser, default_config_help: str) -> None:
     parser.add_argument('src', help='official checkpoint (.pth)')
     parser.add_argument('out', help='output checkpoint for our model')

@@ -53,8 +53,7 @@ from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _official_common import (REPO_ROOT, ConversionError, add_common_args, build_target_state_dict,  # noqa: E402
-                              dataset_meta_from, eval_command, file_sha256, finalize, import_plugin,
-                              load_source, matches, save_checkpoint)
+                              finalize, import_plugin, load_source, matches, write_converted)
 
 OFFICIAL_REPO = 'JCZ404/Semi-DETR'
 _T = r'bbox_head\.transformer\.'
@@ -258,21 +257,8 @@ def main(argv=None) -> int:
     except ConversionError as err:
         print(f'error: {args.src}: {err}', file=sys.stderr)
         return 1
-    meta = dict(converted_from=osp.basename(args.src), source_sha256=file_sha256(args.src),
-                official_repo=OFFICIAL_REPO, converter='tools/model_converters/semi_detr_to_qv.py',
-                config=osp.relpath(config, REPO_ROOT) if osp.abspath(config).startswith(REPO_ROOT) else config,
-                cfg_options=dict(args.cfg_options or {}), notes=notes, dropped=report['dropped'],
-                filled_keys=report['filled_keys'])
-    ds = dataset_meta_from(src_meta)
-    if ds:
-        meta['dataset_meta'] = ds
-    save_checkpoint(args.out, out, meta)
-    print(f'converted {args.src} -> {args.out}: {len(out)} tensors for {meta["config"]} '
-          f'({len(report["filled_keys"])} filled from the config, {len(report["dropped"])} dropped)')
-    for note in notes:
-        print(f'  note: {note}')
-    print(f'  evaluate with: {eval_command(meta["config"], args.out, args.cfg_options)}')
-    return 0
+    return write_converted(args, config, out, report, notes, src_meta, OFFICIAL_REPO,
+                           'tools/model_converters/semi_detr_to_qv.py')
 
 
 if __name__ == '__main__':
