@@ -152,6 +152,34 @@ class _Ok:
     ok = False
 
 
+def test_mao_extraction_steps_are_sharded_over_the_rehearsal_processes():
+    """With ``--gpus 2`` the extraction steps ran in one process on one core (OMP threads = cores / N): the stage-A
+    proposals of 128 scenes would take an hour. They now go through torchrun like the config comments' N-GPU command,
+    and the tool's parser takes the ``--launcher`` after the ``--cfg-options`` list."""
+    import importlib.util
+
+    from queryvision_mm.testing.rehearsal import mao_steps
+    seen = []
+
+    def run(name, argv):
+        seen.append(argv)
+        return _Ok()
+
+    run.nproc = 2
+    mao_steps.mao_stage_a_proposals(_cfg('mao/voxdet_dinov2_lora.py'), 'cfg.py', '/wd', run)
+    argv = seen[0]
+    assert argv[1:5] == ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
+    assert argv[5] == mao_steps.EXTRACT and argv[-2:] == ['--launcher', 'pytorch']
+    spec = importlib.util.spec_from_file_location('qv_mao_extract_tool', mao_steps.EXTRACT)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    args = tool.parse_args(argv[6:])
+    assert args.launcher == 'pytorch' and args.config == 'cfg.py' and 'describer.masks' in args.cfg_options
+    run.nproc = 1
+    mao_steps.mao_descriptor_steps(_cfg('mao/demo_photos.py'), 'cfg.py', '/wd', run)
+    assert seen[-1][:2] == [sys.executable, mao_steps.EXTRACT]
+
+
 def test_zero_shot_config_can_be_wrapped_for_distributed_test(tmp_path):
     """``tools/dist_test.sh configs/qks/zeroshot_clip_nuswide.py none 2`` stopped in DDP's constructor: every
     parameter of zero-shot CLIP is frozen ("DistributedDataParallel is not needed when a module doesn't have any

@@ -22,8 +22,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from _bootstrap import import_queryvision_mm  # noqa: E402
 
 
-def main(argv=None):
-    from mmengine.config import Config, DictAction
+def parse_args(argv=None):
+    from mmengine.config import DictAction
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('config')
     p.add_argument('--work-dir', default=None)
@@ -35,7 +35,12 @@ def main(argv=None):
     p.add_argument('--batch-size', type=int, default=None, help='gallery images per batch (describer.batch_size)')
     p.add_argument('--launcher', choices=('none', 'pytorch', 'slurm', 'mpi'), default='none')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    from mmengine.config import Config
+    args = parse_args(argv)
     import_queryvision_mm()
     from mmengine.registry import DefaultScope
 

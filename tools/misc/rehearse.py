@@ -194,6 +194,7 @@ def rehearse(config: str, args) -> dict:
             result['steps'][name]['log_tail'] = tail(res.log)
         return res
 
+    run.nproc = n   # STEP_PLANS launch their own multi-process tools (MaO extraction) with it
     handled = False
     for plan in STEP_PLANS:
         handled = plan(rcfg, rcfg_path, wd, run) or handled

@@ -10,8 +10,9 @@
   ``proposals.json`` that the training set reads; then the default train / resume / AMP steps; as its "test", step 3:
   ``tools/mao/extract.py`` with the trained adapter merged (``describer.encoder.lora_adapter=<train>/lora_adapter``).
 
-``tools/mao/extract.py`` runs in one process here, whatever ``--gpus`` (its ``--launcher pytorch`` mode, which shards
-the gallery over the ranks, is tested against one process in ``tests/test_models/test_mao_extract_dist.py``).
+``tools/mao/extract.py`` runs as the config comments launch it on N GPUs: with ``--gpus N > 1`` through ``torchrun
+--standalone --nproc_per_node N ... --launcher pytorch`` (the gallery sharded over the ranks, rank 0 merging; tested
+against one process in ``tests/test_models/test_mao_extract_dist.py``), in one process otherwise.
 """
 import json
 import os
@@ -23,6 +24,15 @@ from .context import step_plan
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 EXTRACT = osp.join(REPO, 'tools', 'mao', 'extract.py')
 SEARCH = osp.join(REPO, 'tools', 'mao', 'search.py')
+
+
+def extract_cmd(run, args) -> list:
+    """``tools/mao/extract.py ARGS``: sharded over ``run.nproc`` processes (the rehearsal's ``--gpus``) when > 1."""
+    n = int(getattr(run, 'nproc', 1) or 1)
+    if n > 1:
+        return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}', EXTRACT,
+                *args, '--launcher', 'pytorch']
+    return [sys.executable, EXTRACT, *args]
 
 
 def _describer(rcfg):
@@ -56,7 +66,7 @@ def mao_descriptor_steps(rcfg, rcfg_path, wd, run) -> bool:
     if (rcfg.get('model') or {}).get('type') != 'QVMaODescriber':
         return False
     out = osp.join(wd, 'extract')
-    res = run('extract', [sys.executable, EXTRACT, rcfg_path, '--work-dir', out])
+    res = run('extract', extract_cmd(run, [rcfg_path, '--work-dir', out]))
     if not res.ok:
         return True
     run('extract_check', _check_cmd(out, expect_masks=bool(rcfg.model.get('masks')), expect_metrics=True))
@@ -79,8 +89,8 @@ def _stage_a_test(rcfg, rcfg_path, wd, run, final_checkpoint) -> None:
     """Step 3 of the stage-A config: index + evaluate with the trained adapter merged into the encoder."""
     adapter = osp.join(osp.dirname(final_checkpoint), 'lora_adapter')
     out = osp.join(wd, 'test')
-    res = run('test', [sys.executable, EXTRACT, rcfg_path, '--work-dir', out, '--cfg-options',
-                       f'describer.encoder.lora_adapter={adapter}'])
+    res = run('test', extract_cmd(run, [rcfg_path, '--work-dir', out, '--cfg-options',
+                                        f'describer.encoder.lora_adapter={adapter}']))
     if res.ok:
         run('test_check', _check_cmd(out, expect_masks=bool(_describer(rcfg).get('masks')), expect_metrics=True))
 
@@ -99,7 +109,7 @@ def mao_stage_a_proposals(rcfg, rcfg_path, wd, run) -> bool:
     sets = list(ds.get('sets') or [])
     opts = [f'dataset.sets={sets!r}', 'describer.refine=None', 'describer.masks=None',
             'describer.encoder.lora_adapter=None']
-    res = run('proposals', [sys.executable, EXTRACT, rcfg_path, '--work-dir', out, '--cfg-options', *opts])
+    res = run('proposals', extract_cmd(run, [rcfg_path, '--work-dir', out, '--cfg-options', *opts]))
     if res.ok:
         run('proposals_check', _check_cmd(out, expect_masks=False, expect_metrics=False))
     return False
