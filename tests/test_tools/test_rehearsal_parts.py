@@ -178,3 +178,25 @@ def test_coco_semi_and_v3det_writers_load_through_the_configs_datasets(tmp_path,
             from queryvision_mm.utils.text_embeddings import load_class_embeddings
             emb, names, _ = load_class_embeddings(cfg.model.language_model.embed_file)
             assert emb.shape == (13204, 768) and names[:2] == ['category 0', 'category 1']
+
+
+def test_cfg_options_reach_the_rehearsed_config_and_the_report():
+    """``--cfg-options`` (e.g. a smaller per-GPU batch where the machine lacks the memory): applied to the config the
+    rehearsal shrinks, and the report row says the config did not run exactly as shipped."""
+    import importlib.util
+
+    from queryvision_mm.testing.rehearsal.report import row
+    spec = importlib.util.spec_from_file_location('qv_rehearse_tool', osp.join(REPO, 'tools', 'misc', 'rehearse.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    args = tool.parse_args(['configs/semi_detr/coco_full.py', '--cfg-options', 'train_dataloader.batch_size=4',
+                            'train_dataloader.sampler.batch_size=4'])
+    cfg = tool.load_config(osp.join(REPO, args.config), args)
+    assert cfg.train_dataloader.batch_size == 4 and cfg.train_dataloader.sampler.batch_size == 4
+    assert cfg.train_dataloader.sampler.source_ratio == [1, 1]
+    shipped = tool.load_config(osp.join(REPO, args.config), tool.parse_args([args.config]))
+    assert shipped.train_dataloader.batch_size == 8
+    r = dict(config=args.config, ok=True, steps=dict(train=dict(ok=True, peak_rss_mb=1)), img_scale=304,
+             cfg_options=dict(args.cfg_options))
+    assert row(r).endswith('ok — with `train_dataloader.batch_size=4`, `train_dataloader.sampler.batch_size=4` |')
+    assert 'with' not in row(dict(r, cfg_options=None)).split('|')[-2]

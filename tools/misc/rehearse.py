@@ -45,11 +45,25 @@ def parse_args(argv=None):
     p.add_argument('--skip', nargs='*', default=[], choices=['resume', 'test', 'amp', 'provenance'],
                    help='steps to leave out')
     p.add_argument('--timeout', type=float, default=4 * 3600, help='seconds per step')
+    from mmengine.config import DictAction
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
+                   help='overrides of CONFIG (not of its stage-1 config) before the rehearsal shrinks it, e.g. a '
+                   'smaller per-GPU batch on a machine without the memory for the real one; recorded in the JSON '
+                   'and shown in the report')
     p.add_argument('--json', help='write the result as JSON here')
     p.add_argument('--report', default=osp.join(REPO, 'docs', 'rehearsal.md'), help='--all: markdown report')
     p.add_argument('--include', nargs='*', help='--all: only configs whose path contains one of these')
     p.add_argument('--exclude', nargs='*', default=[], help='--all: skip configs whose path contains one of these')
     return p.parse_args(argv)
+
+
+def load_config(config: str, args):
+    """The shipped config with the command line's ``--cfg-options`` (before the rehearsal shrinks it)."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    if getattr(args, 'cfg_options', None):
+        cfg.merge_from_dict(args.cfg_options)
+    return cfg
 
 
 def _final_checkpoint(work_dir: str) -> str:
@@ -110,7 +124,9 @@ def rehearse(config: str, args) -> dict:
     from queryvision_mm.testing.rehearsal.report import _git_commit
     result = dict(config=rel, commit=_git_commit(REPO), gpus=args.gpus, iters=args.iters, img_scale=args.img_scale, steps={}, ok=False,
                   started=time.strftime('%Y-%m-%d %H:%M:%S'))
-    cfg = Config.fromfile(config)
+    cfg = load_config(config, args)
+    if getattr(args, 'cfg_options', None):
+        result['cfg_options'] = dict(args.cfg_options)
     _import_config_modules(cfg)
     rcfg, facts = rehearsal_config(cfg, args.iters, args.img_scale, workers=args.workers)
     result['facts'] = facts
@@ -145,6 +161,7 @@ def rehearse(config: str, args) -> dict:
                 s1 = producer_of(rcfg.load_from, config)
                 s1_args = argparse.Namespace(**vars(args))
                 s1_args.work_dir, s1_args.json, s1_args.stage1_checkpoint = osp.join(wd, 'stage1'), None, None
+                s1_args.cfg_options = None
                 os.chdir(cwd)
                 s1_result = rehearse(s1, s1_args)
                 os.chdir(sandbox)

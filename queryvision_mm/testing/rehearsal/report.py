@@ -57,6 +57,14 @@ def _other_steps(steps: dict) -> str:
     return f' ({", ".join(other)})' if other else ''
 
 
+def _overrides(r: dict) -> str:
+    """The ``--cfg-options`` a rehearsal ran with (a config not rehearsed exactly as shipped says so)."""
+    opts = r.get('cfg_options')
+    if not opts:
+        return ''
+    return ' — with ' + ', '.join(f'`{k}={v}`' for k, v in opts.items())
+
+
 def row(r: dict) -> str:
     steps = r.get('steps', {})
     params = r.get('params') or {}
@@ -83,7 +91,7 @@ def row(r: dict) -> str:
         summarise(r['sources']) if r.get('sources') else '—',
         ('ok' if r.get('ok') else ('FAILED: ' + r.get('error', next((k for k, s in steps.items() if not s['ok']),
                                                                      'setup'))))
-        + _other_steps(steps),
+        + _other_steps(steps) + _overrides(r),
     ]
     return '| ' + ' | '.join(cells) + ' |'
 
