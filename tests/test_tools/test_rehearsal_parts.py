@@ -199,4 +199,37 @@ def test_cfg_options_reach_the_rehearsed_config_and_the_report():
     r = dict(config=args.config, ok=True, steps=dict(train=dict(ok=True, peak_rss_mb=1)), img_scale=304,
              cfg_options=dict(args.cfg_options))
     assert row(r).endswith('ok — with `train_dataloader.batch_size=4`, `train_dataloader.sampler.batch_size=4` |')
+    assert '(RSS sum)' in row(r) and '(RSS sum)' not in row(dict(r, memory='pss'))
     assert 'with' not in row(dict(r, cfg_options=None)).split('|')[-2]
+
+
+def test_peak_memory_counts_shared_pages_once(tmp_path):
+    """The process-tree memory is a PSS sum on Linux: two processes mapping the same 256 MiB of shared memory add up
+    to about 256 MiB, not 512 MiB (RSS sums read 64 GB for a 2-rank Swin-L step on a 23.5 GB machine)."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    from queryvision_mm.testing.rehearsal.runner import _tree_rss
+    if not hasattr(psutil.Process().memory_full_info(), 'pss'):
+        pytest.skip('PSS is Linux-only')
+    code = ('import mmap, sys, time\n'
+            'm = mmap.mmap(-1, 256 << 20, flags=mmap.MAP_SHARED)\n'
+            'm.write(b"x" * (256 << 20))\n'
+            'import os\n'
+            'if os.fork() == 0:\n'
+            '    s = sum(m[i] for i in range(0, 256 << 20, 4096))\n'
+            '    sys.stdout.write("child\\n"); sys.stdout.flush(); time.sleep(30); os._exit(0)\n'
+            'time.sleep(30)\n')
+    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == 'child'
+        time.sleep(0.5)
+        mb = _tree_rss(psutil.Process(proc.pid))
+        rss = sum(p.memory_info().rss for p in [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children()) / 2**20
+        assert rss > 480 and 240 < mb < 400, (mb, rss)
+    finally:
+        proc.kill()
+        for c in psutil.Process().children(recursive=True):
+            c.kill()

@@ -57,6 +57,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _memory_kind() -> str:
+    """What the steps' peak memory sums: 'pss' where the OS reports it (Linux), else 'rss'."""
+    import psutil
+    return 'pss' if hasattr(psutil.Process().memory_full_info(), 'pss') else 'rss'
+
+
 def load_config(config: str, args):
     """The shipped config with the command line's ``--cfg-options`` (before the rehearsal shrinks it)."""
     from mmengine.config import Config
@@ -122,8 +128,8 @@ def rehearse(config: str, args) -> dict:
     sandbox, torch_home = osp.join(wd, 'sandbox'), osp.join(wd, 'torch_home')
     os.makedirs(sandbox)
     from queryvision_mm.testing.rehearsal.report import _git_commit
-    result = dict(config=rel, commit=_git_commit(REPO), gpus=args.gpus, iters=args.iters, img_scale=args.img_scale, steps={}, ok=False,
-                  started=time.strftime('%Y-%m-%d %H:%M:%S'))
+    result = dict(config=rel, commit=_git_commit(REPO), gpus=args.gpus, iters=args.iters, img_scale=args.img_scale,
+                  steps={}, ok=False, started=time.strftime('%Y-%m-%d %H:%M:%S'), memory=_memory_kind())
     cfg = load_config(config, args)
     if getattr(args, 'cfg_options', None):
         result['cfg_options'] = dict(args.cfg_options)

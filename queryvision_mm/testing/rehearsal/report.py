@@ -87,7 +87,8 @@ def row(r: dict) -> str:
         f'`{r["config"]}`', '✓' if 'sources' in r or steps else '✗',
         _mark(steps, 'train'), ddp, _mark(steps, 'resume'), _mark(steps, 'test'), _mark(steps, 'amp'),
         f'{params.get("total", 0) / 1e6:.1f}M / {params.get("trainable", 0) / 1e6:.1f}M' if params else '—',
-        (f'{r["s_per_iter"]:.1f}' if r.get('s_per_iter') else '—') + f' ({r.get("img_scale", "?")} px)', _mb(peak),
+        (f'{r["s_per_iter"]:.1f}' if r.get('s_per_iter') else '—') + f' ({r.get("img_scale", "?")} px)',
+        _mb(peak) + ('' if r.get('memory') == 'pss' else ' (RSS sum)'),
         summarise(r['sources']) if r.get('sources') else '—',
         ('ok' if r.get('ok') else ('FAILED: ' + r.get('error', next((k for k, s in steps.items() if not s['ok']),
                                                                      'setup'))))
@@ -97,7 +98,7 @@ def row(r: dict) -> str:
 
 
 HEADER = ('| config | builds | trains (N) | DDP | resume | test | AMP | params total / trainable | s/iter (short side) | '
-          'peak RSS (all ranks) | where the weights come from | result |\n'
+          'peak memory (all processes) | where the weights come from | result |\n'
           '|---|---|---|---|---|---|---|---|---|---|---|---|')
 
 
@@ -176,8 +177,10 @@ LEGEND = """## Columns
 - **AMP**: a short `--amp` run (`QVAmpOptimWrapper`: bf16 autocast on CPU, fp16 + dynamic loss scale on GPU).
 - **params**: elements, whole model (Semi-DETR: teacher + student).
 - **s/iter**: median of the logged iteration times at the rehearsal scale (not the real scale).
-- **peak RSS**: the sum over the step's whole process tree (launcher, ranks, data workers), sampled every 0.5 s;
-  pages shared between processes count once per process, so this bounds the real use from above.
+- **peak memory**: the largest sum over a step's whole process tree (launcher, ranks, data workers), sampled every
+  0.5 s: PSS (shared pages split between the processes that map them, i.e. the physical use). Rows marked
+  "RSS sum" were measured before the tool used PSS: pages shared between processes count once per process there, an
+  upper bound that can exceed the machine (64 GB read for a Swin-L step on 23.5 GB).
 - **where the weights come from**: each component's parameters, from three builds and initialisations of the model
   with its own code (seeds 1 and 3 as configured, seed 2 with every stand-in weight file perturbed): `pretrained` =
   follows the file (an init_cfg URL, a local weight file, an embedding file), `load_from` = present in the load_from

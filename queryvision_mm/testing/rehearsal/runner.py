@@ -36,6 +36,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_memory(p) -> int:
+    """Bytes of one process: its PSS on Linux (shared pages split between the processes that map them, so a sum
+    over processes is the physical use), its RSS elsewhere. RSS counts the libraries and shared tensors of every
+    rank again: the sum over a 2-rank Swin-L step read 64 GB on a 23.5 GB machine without swap."""
+    try:
+        pss = getattr(p.memory_full_info(), 'pss', None)
+    except (AttributeError, NotImplementedError, OSError):
+        pss = None
+    return int(pss) if pss is not None else int(p.memory_info().rss)
+
+
 def _tree_rss(proc) -> float:
     import psutil
     try:
@@ -45,7 +56,7 @@ def _tree_rss(proc) -> float:
     total = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
+            total += process_memory(p)
         except psutil.Error:
             pass
     return total / 2**20
