@@ -233,3 +233,21 @@ def test_peak_memory_counts_shared_pages_once(tmp_path):
         proc.kill()
         for c in psutil.Process().children(recursive=True):
             c.kill()
+
+
+def test_collect_keeps_the_latest_run_of_each_config(tmp_path):
+    """A stage-1 config rehearsed alone and again as another config's stage 1 gave two table rows."""
+    import json
+
+    from queryvision_mm.testing.rehearsal.report import collect
+    runs = {'a/rehearsal.json': dict(config='configs/cq_dino/v3det_stage1_swinb.py', started='2026-12-06 09:54:02',
+                                     ok=True),
+            'b/stage1/rehearsal.json': dict(config='configs/cq_dino/v3det_stage1_swinb.py',
+                                            started='2026-12-06 12:22:10', ok=True),
+            'b/rehearsal.json': dict(config='configs/cq_dino/v3det_swinb.py', started='2026-12-06 12:22:06', ok=True)}
+    for rel, r in runs.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(json.dumps(r))
+    got = collect(str(tmp_path))
+    assert [r['config'] for r in got] == ['configs/cq_dino/v3det_stage1_swinb.py', 'configs/cq_dino/v3det_swinb.py']
+    assert got[0]['started'] == '2026-12-06 12:22:10'

