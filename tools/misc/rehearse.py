@@ -57,12 +57,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _memory_kind() -> str:
-    """What the steps' peak memory sums: 'pss' where the OS reports it (Linux), else 'rss'."""
-    import psutil
-    return 'pss' if hasattr(psutil.Process().memory_full_info(), 'pss') else 'rss'
-
-
 def load_config(config: str, args):
     """The shipped config with the command line's ``--cfg-options`` (before the rehearsal shrinks it)."""
     from mmengine.config import Config
@@ -111,8 +105,6 @@ def _load_state(path: str):
 
 
 def rehearse(config: str, args) -> dict:
-    from mmengine.config import Config
-
     from queryvision_mm.testing.rehearsal import (DATA_WRITERS, STEP_PLANS, WEIGHT_PROVIDERS, RehearsalContext,
                                                   WeightRecord)
     from queryvision_mm.testing.rehearsal import data_det, weights_det  # noqa: F401  (register writers)
@@ -128,8 +120,9 @@ def rehearse(config: str, args) -> dict:
     sandbox, torch_home = osp.join(wd, 'sandbox'), osp.join(wd, 'torch_home')
     os.makedirs(sandbox)
     from queryvision_mm.testing.rehearsal.report import _git_commit
+    from queryvision_mm.testing.rehearsal.runner import memory_kind
     result = dict(config=rel, commit=_git_commit(REPO), gpus=args.gpus, iters=args.iters, img_scale=args.img_scale,
-                  steps={}, ok=False, started=time.strftime('%Y-%m-%d %H:%M:%S'), memory=_memory_kind())
+                  steps={}, ok=False, started=time.strftime('%Y-%m-%d %H:%M:%S'), memory=memory_kind())
     cfg = load_config(config, args)
     if getattr(args, 'cfg_options', None):
         result['cfg_options'] = dict(args.cfg_options)

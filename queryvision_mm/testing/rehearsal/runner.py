@@ -36,15 +36,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _pss(p):
+    try:
+        return getattr(p.memory_full_info(), 'pss', None)
+    except (AttributeError, NotImplementedError, OSError):
+        return None
+
+
 def process_memory(p) -> int:
     """Bytes of one process: its PSS on Linux (shared pages split between the processes that map them, so a sum
     over processes is the physical use), its RSS elsewhere. RSS counts the libraries and shared tensors of every
     rank again: the sum over a 2-rank Swin-L step read 64 GB on a 23.5 GB machine without swap."""
-    try:
-        pss = getattr(p.memory_full_info(), 'pss', None)
-    except (AttributeError, NotImplementedError, OSError):
-        pss = None
+    pss = _pss(p)
     return int(pss) if pss is not None else int(p.memory_info().rss)
+
+
+def memory_kind() -> str:
+    """What :func:`process_memory` measures here: 'pss' (Linux) or 'rss'."""
+    import psutil
+    return 'pss' if _pss(psutil.Process()) is not None else 'rss'
 
 
 def _tree_rss(proc) -> float:

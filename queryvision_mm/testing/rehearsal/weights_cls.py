@@ -361,18 +361,19 @@ def lora_adapters(cfg, ctx: RehearsalContext) -> None:
                                             '<train work dir>/lora_adapter', 'the rehearsal\'s stage-A training'))
 
 
-
 # ---------------------------------------------------------------------------------------------- EfficientNet-Lite
 @weight_provider
 def efficientnet_lite_crop_encoder_weights(cfg, ctx: RehearsalContext) -> None:
     """The Lite0 crop encoder (MaO demo) loads real ImageNet weights from an installed package: used as they are,
     recorded so that provenance perturbs a shifted copy (the row then reads ``pretrained`` for the encoder)."""
+    from queryvision_mm.models.backbones.efficientnet_lite import PACKAGE_SCHEME
+
     from .weights_det import package_weight_file
     for path, node in model_parts(cfg, 'QVEfficientNetLiteCropEncoder'):
         if not node.get('pretrained', True):
             continue
-        ckpt = node.get('checkpoint') or f'efficientnet-lite://{node.get("variant", "lite0")}'
-        if not ckpt.startswith('efficientnet-lite://'):
+        ckpt = node.get('checkpoint') or f'{PACKAGE_SCHEME}{node.get("variant", "lite0")}'
+        if not ckpt.startswith(PACKAGE_SCHEME):
             continue   # a path or another scheme: the config's own file (existing-file rules of the other parts)
         ctx.weights.append(WeightRecord(path, 'pretrained', ckpt, package_weight_file(ckpt),
                                         'real weights from an installed package'))
